@@ -1,0 +1,197 @@
+"""The `tasleem` command: run the stack, a demo surge, a service, or import stock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+stock_app = typer.Typer(no_args_is_help=True, help="Manage the code vault's stock.")
+app.add_typer(stock_app, name="stock")
+console = Console()
+
+HOME = Annotated[Path, typer.Option(help="Where the embedded stack keeps its data and logs.")]
+SERVICES = ("ingest", "allocator", "notifier", "restocker")
+
+
+@app.command()
+def up(
+    home: HOME = Path(".tasleem"),
+    demo_orders: Annotated[int, typer.Option(help="Send a surge of N orders once up.")] = 0,
+    demo_rate: Annotated[float, typer.Option(help="Orders per second for the surge.")] = 200,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+) -> None:
+    """Start the whole system on this machine and keep it up until Ctrl-C."""
+    from deploy.embedded.stack import Stack, StackError, StackOptions
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stack = Stack(StackOptions(home=home, partitions=partitions))
+
+    async def main() -> int:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            with console.status("starting PostgreSQL, the broker, the sandbox and four services"):
+                info = await stack.start()
+        except StackError as exc:
+            console.print(f"[red]the stack did not start:[/red] {exc}")
+            return 1
+        console.print(f"[green]stack is up[/green]: {home / 'stack.json'}")
+        for name in ("ingest", "sandbox", "allocator", "notifier", "restocker", "kafka"):
+            console.print(f"  {name:<10} {info[name]}")
+        supervisor = asyncio.create_task(stack.supervise())
+        if demo_orders:
+            from deploy import demo
+
+            result = await demo.surge(info, demo_orders, demo_rate, console=console)
+            demo.report(console, result, await _inbox_count(info["sandbox"]))
+        console.print("[bold]running; Ctrl-C stops every process[/bold]")
+        await stopping.wait()
+        supervisor.cancel()
+        return 0
+
+    try:
+        code = asyncio.run(main())
+    finally:
+        with console.status("stopping"):
+            stack.stop()
+        console.print("stopped")
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    orders: Annotated[int, typer.Option(help="How many orders.")] = 1000,
+    rate: Annotated[float, typer.Option(help="Orders per second.")] = 200,
+    home: HOME = Path(".tasleem"),
+) -> None:
+    """Send a sale-day surge to a running stack and report what reached the buyers."""
+    from deploy import demo as surge_demo
+
+    info = _stack_info(home)
+
+    async def main() -> bool:
+        result = await surge_demo.surge(info, orders, rate, console=console)
+        return surge_demo.report(console, result, await _inbox_count(info["sandbox"]))
+
+    raise typer.Exit(0 if asyncio.run(main()) else 1)
+
+
+@app.command()
+def run(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES))]) -> None:
+    """Run one service in the foreground (the container entry point)."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"one of {', '.join(SERVICES)}")
+    if service == "restocker":
+        from services.restocker.app import main as restocker_main
+
+        raise typer.Exit(restocker_main())
+    module = __import__(f"services.{service}.main", fromlist=["main"])
+    raise typer.Exit(module.main())
+
+
+@stock_app.command("import")
+def stock_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="One code per line.")],
+    sku: Annotated[str, typer.Option(help="The sku these codes are for.")],
+    expires: Annotated[
+        datetime | None, typer.Option(help="Expiry date of the whole file (ISO 8601).")
+    ] = None,
+    home: HOME = Path(".tasleem"),
+) -> None:
+    """Encrypt and store codes; duplicates (in the file or the vault) are skipped."""
+    import asyncpg
+
+    from services.allocator import handlers, vault
+    from services.allocator.settings import AllocatorSettings
+    from shared.codecrypt import CodeCipher
+
+    settings = AllocatorSettings()
+    database = _database_url(home, settings.database_url)
+    codes = file.read_text().splitlines()
+
+    async def main() -> vault.ImportReport:
+        cipher = CodeCipher.from_settings(_vault_settings(home, settings))
+        conn = await asyncpg.connect(database, server_settings={"search_path": "allocator"})
+        try:
+            async with conn.transaction():
+                report = await vault.import_plain_codes(
+                    conn, cipher, sku, codes, source=f"import:{file.name}", expires_at=expires
+                )
+                # fills backorders; the allocator relays these events from the outbox
+                await handlers.distribute(conn, [sku], always_report=True)
+            return report
+        finally:
+            await conn.close()
+
+    report = asyncio.run(main())
+    console.print_json(
+        json.dumps(
+            {
+                "sku": sku,
+                "added": report.added,
+                "duplicates": report.duplicates,
+                "invalid": report.invalid,
+            }
+        )
+    )
+
+
+def _stack_info(home: Path) -> dict:
+    path = home / "stack.json"
+    if not path.exists():
+        console.print(
+            f"[red]no running stack[/red] ({path} is missing): start one with `tasleem up`"
+        )
+        raise typer.Exit(2)
+    return json.loads(path.read_text())
+
+
+def _database_url(home: Path, default: str) -> str:
+    import os
+
+    if "TASLEEM_DATABASE_URL" in os.environ:
+        return default
+    path = home / "stack.json"
+    return json.loads(path.read_text())["database"] if path.exists() else default
+
+
+def _vault_settings(home: Path, settings):
+    """The vault keys from the environment, or else the embedded stack's own."""
+    from shared.settings import VaultKeySettings
+
+    if settings.vault_keys.get_secret_value():
+        return settings
+    path = home / "secrets.json"
+    if not path.exists():
+        console.print("[red]TASLEEM_VAULT_KEYS is not set and no embedded stack was found[/red]")
+        raise typer.Exit(2)
+    stored = json.loads(path.read_text())
+    return VaultKeySettings(
+        vault_keys=stored["TASLEEM_VAULT_KEYS"],
+        vault_fingerprint_key=stored["TASLEEM_VAULT_FINGERPRINT_KEY"],
+    )
+
+
+async def _inbox_count(sandbox: str) -> int | None:
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{sandbox}/inbox") as resp:
+            return len((await resp.json())["messages"])
+    except (aiohttp.ClientError, KeyError, ValueError):
+        return None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,97 @@
+"""The sandbox's configuration: which stores it plays and the credentials each party accepts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from decimal import Decimal
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deploy.sandbox.faults import FaultUpdate
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in the config file fails at start
+
+
+class StoreConfig(_Section):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    platform: Literal["standard"] = "standard"
+    name: str
+    secret: str
+    prices: dict[str, Decimal] = {}
+    default_price: Decimal = Decimal("50.00")
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: str) -> str:
+        if not value.startswith("whsec_"):
+            raise ValueError("a Standard Webhooks secret starts with 'whsec_'")
+        try:
+            base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except binascii.Error as exc:
+            raise ValueError("the secret after 'whsec_' must be base64") from exc
+        return value
+
+
+class WhatsAppConfig(_Section):
+    token: str = "sandbox-whatsapp-token"
+    phone_number_id: str = "1234567890"
+    app_secret: str = "sandbox-whatsapp-app-secret"  # would sign status webhooks
+    not_on_whatsapp: list[str] = ["+966500000000"]
+
+
+class UnifonicConfig(_Section):
+    app_sid: str = "sandbox-unifonic-appsid"
+
+
+class TwilioConfig(_Section):
+    account_sid: str = "AC00000000000000000000000000000000"
+    auth_token: str = "sandbox-twilio-auth-token"
+
+
+class SesConfig(_Section):
+    # When set, requests must carry a SigV4 Authorization header naming this key (the signature
+    # itself is not verified). When unset, the sandbox accepts unsigned requests.
+    access_key: str | None = None
+
+
+class ReloadlyConfig(_Section):
+    client_id: str = "sandbox-reloadly-client"
+    client_secret: str = "sandbox-reloadly-secret"
+    products: dict[str, int] = {"SKU-A": 101, "SKU-B": 102}  # our sku -> supplier productId
+    unit_price: Decimal = Decimal("9.50")
+    balance: Decimal = Decimal("100000.00")
+    code_prefix: str = "RLD"
+    token_ttl_s: int = Field(default=3600, gt=0)
+    charge_timeout_s: float = Field(default=30.0, ge=0)  # the sleep of "charge_then_timeout"
+
+
+class SuppliersConfig(_Section):
+    reloadly: ReloadlyConfig = ReloadlyConfig()
+
+
+class SandboxConfig(_Section):
+    gateway: str
+    stores: list[StoreConfig]
+    whatsapp: WhatsAppConfig = WhatsAppConfig()
+    unifonic: UnifonicConfig = UnifonicConfig()
+    twilio: TwilioConfig = TwilioConfig()
+    ses: SesConfig = SesConfig()
+    suppliers: SuppliersConfig = SuppliersConfig()
+    faults: dict[str, FaultUpdate] = {}  # faults switched on from the start, by party
+    seed: int | None = None
+
+    @field_validator("gateway")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def store(self, store_id: str) -> StoreConfig | None:
+        return next((store for store in self.stores if store.id == store_id), None)
+
+
+CONFIG = web.AppKey("config", SandboxConfig)

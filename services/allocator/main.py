@@ -1,0 +1,88 @@
+"""The allocator: `order.paid` and `codes.purchased` in; `code.allocated`, `inventory.level` out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from services.allocator import handlers
+from services.allocator.outbox import OutboxRow, Relay
+from services.allocator.settings import AllocatorSettings
+from shared import runtime
+from shared.codecrypt import CodeCipher
+from shared.db import RETRIABLE_DB_ERRORS, connect_and_migrate, ping
+from shared.events import CodesPurchased, OrderPaid
+from shared.kafka import ConsumerLoop, make_producer
+
+SQL = Path(__file__).parent / "sql"
+SERVICE = "allocator"
+
+
+def transactional(
+    pool: asyncpg.Pool,
+    relay: Relay,
+    work: Callable[[Any, asyncpg.Connection], Awaitable[list[OutboxRow]]],
+) -> Callable[[list[Any]], Awaitable[None]]:
+    """A batch handler: `work` in one transaction, then its outbox rows relayed."""
+
+    async def handle(batch: Sequence[Any]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await work(batch, conn)
+        await relay.publish(rows)
+
+    return handle
+
+
+@contextlib.asynccontextmanager
+async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
+    settings = rt.settings
+    assert isinstance(settings, AllocatorSettings)
+    cipher = CodeCipher.from_settings(settings)
+    pool = await connect_and_migrate(
+        settings.database_url, "allocator", SQL, max_size=settings.db_pool_max
+    )
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        relay = Relay(pool, producer, SERVICE)
+
+        async def received(batch: Sequence[CodesPurchased], conn: asyncpg.Connection):
+            return await handlers.receive_codes(batch, conn, cipher)
+
+        loop = ConsumerLoop(
+            service=SERVICE,
+            settings=settings,
+            group_id=settings.consumer_group,
+            producer=producer,
+            retriable=RETRIABLE_DB_ERRORS,
+            handlers={
+                OrderPaid.topic: transactional(pool, relay, handlers.allocate),
+                CodesPurchased.topic: transactional(pool, relay, received),
+            },
+        )
+        rt.add_worker("consumer", loop.run, loop.stop)
+        rt.add_worker(
+            "outbox-sweeper",
+            lambda: relay.run_sweeper(
+                settings.outbox_sweep_interval_s, settings.outbox_orphan_age_s
+            ),
+            relay.stop,
+        )
+        rt.add_check("consumer", lambda: loop.ready)
+        rt.add_check("database", lambda: ping(pool))
+        yield
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+def main() -> int:
+    return runtime.run(SERVICE, AllocatorSettings(), lifespan)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Why the gateway refuses a webhook: each error is an HTTP status and a stable error code."""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """A webhook the gateway refuses; `status` and `code` become the JSON response."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidSignature(IngestError):
+    """The sender could not be verified."""
+
+    status = 401
+    code = "invalid_signature"
+
+
+class UnknownStore(IngestError):
+    """No store is registered under this id for this platform."""
+
+    status = 404
+    code = "unknown_store"
+
+
+class PayloadTooLarge(IngestError):
+    """The body is over the size limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(IngestError):
+    """The body is not JSON."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class MalformedJson(IngestError):
+    """The body does not parse as JSON."""
+
+    status = 400
+    code = "malformed_json"
+
+
+class InvalidOrder(IngestError):
+    """Valid JSON that is not an order we can deliver."""
+
+    status = 422
+    code = "invalid_order"
+
+
+class BrokerUnavailable(IngestError):
+    """The broker did not acknowledge in time: the platform should retry."""
+
+    status = 503
+    code = "broker_unavailable"

@@ -1,0 +1,43 @@
+"""Settings base: every service reads its configuration from `TASLEEM_*` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs: where the broker and database are, and its admin server."""
+
+    model_config = SettingsConfigDict(env_prefix="TASLEEM_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/tasleem"
+    db_pool_min: int = 1
+    db_pool_max: int = 8
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9100
+    log_format: str = Field("text", pattern="^(text|json)$")
+    log_level: str = "INFO"
+    # A stale consumer-group member blocks a rebalance for this long: short, so a killed
+    # process's partitions move to its peers quickly.
+    kafka_session_timeout_ms: int = 6000
+    kafka_heartbeat_interval_ms: int = 1000
+    # The embedded broker does not wake a waiting fetch when data arrives, so a long
+    # fetch wait is pure latency; 10 ms costs little CPU and keeps a hop under ~10 ms.
+    kafka_fetch_max_wait_ms: int = 10
+    kafka_max_batch: int = 500
+    shutdown_grace_s: float = 10.0
+
+
+class VaultKeySettings(BaseSettings):
+    """Keys for codes: AES-256-GCM keys by id (the first encrypts), and the fingerprint key."""
+
+    model_config = SettingsConfigDict(env_prefix="TASLEEM_", extra="ignore")
+
+    # "kid1:base64key,kid2:base64key" — the first entry encrypts, every entry decrypts,
+    # so a key is rotated by putting a new one in front and keeping the old one behind it.
+    vault_keys: SecretStr = SecretStr("")
+    # HMAC key for the code fingerprint that the unique index is built on. It never rotates:
+    # a new one would make old and new fingerprints of the same code differ.
+    vault_fingerprint_key: SecretStr = SecretStr("")
