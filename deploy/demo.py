@@ -55,7 +55,8 @@ class SurgeResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def random_order(rng: random.Random, skus: list[str], n: int) -> dict[str, Any]:
+def random_order(rng: random.Random, skus: list[str], n: int, phone_base: int) -> dict[str, Any]:
+    """An order of 1–2 lines of 1–2 units; each order has its own buyer."""
     lines = [
         {"sku": sku, "quantity": rng.choice((1, 1, 1, 2))}
         for sku in rng.sample(skus, k=1 if rng.random() < 0.8 else 2)
@@ -65,7 +66,7 @@ def random_order(rng: random.Random, skus: list[str], n: int) -> dict[str, Any]:
         "lines": lines,
         "customer": {
             "name": f"Buyer {n}",
-            "phone": f"+9665{rng.randrange(10**7, 10**8)}",
+            "phone": f"+9665{(phone_base + n) % 10**8:08d}",
             "email": f"buyer{n}@example.com",
             "locale": locale,
         },
@@ -138,6 +139,7 @@ async def _send_orders(
     result: SurgeResult,
 ) -> None:
     in_flight = asyncio.Semaphore(64)
+    phone_base = rng.randrange(10**8)
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=30)
@@ -145,7 +147,7 @@ async def _send_orders(
 
         async def one(n: int) -> None:
             store = stores[n % len(stores)]
-            order = random_order(rng, skus, n)
+            order = random_order(rng, skus, n, phone_base)
             async with in_flight:
                 for _ in range(5):  # retry as a platform would after a 503
                     async with session.post(f"{sandbox}/stores/{store}/orders", json=order) as r:

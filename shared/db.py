@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
+
+# A connection, whether owned or borrowed from a pool.
+DbConn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 

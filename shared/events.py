@@ -29,7 +29,7 @@ def utcnow() -> datetime:
 
 
 class Event(BaseModel):
-    """Base of every event: versioned, immutable; unknown fields ignored, for forward compatibility."""
+    """Base of every event: versioned and immutable; unknown fields are ignored."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     topic: ClassVar[str]

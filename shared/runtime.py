@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ class Worker:
     """A long-running coroutine and the function that asks it to finish."""
 
     name: str
-    run: Callable[[], Awaitable[None]]
+    run: Callable[[], Coroutine[Any, Any, None]]
     stop: Callable[[], None]
 
 
@@ -46,7 +46,9 @@ class Runtime:
     workers: list[Worker] = field(default_factory=list)
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
 
-    def add_worker(self, name: str, run: Callable[[], Awaitable[None]], stop: Callable[[], None]):
+    def add_worker(
+        self, name: str, run: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], None]
+    ) -> None:
         self.workers.append(Worker(name, run, stop))
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:

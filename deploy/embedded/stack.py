@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from pydantic import SecretStr
 
 from deploy.embedded.broker import EmbeddedBroker
 from deploy.embedded.postgres import EmbeddedPostgres
@@ -239,7 +240,13 @@ class Stack:
             for store in stores:
                 await upsert_store(conn, store)
             await conn.execute("SET search_path TO allocator")
-            cipher = CodeCipher.from_settings(VaultKeySettings(**_lower(self._keys())))
+            keys = self._keys()
+            cipher = CodeCipher.from_settings(
+                VaultKeySettings(
+                    vault_keys=SecretStr(keys["TASLEEM_VAULT_KEYS"]),
+                    vault_fingerprint_key=SecretStr(keys["TASLEEM_VAULT_FINGERPRINT_KEY"]),
+                )
+            )
             for sku in DEMO_SKUS:
                 have = await conn.fetchval("SELECT count(*) FROM codes WHERE sku = $1", sku.sku)
                 if have:
@@ -335,10 +342,6 @@ class Stack:
 def _demo_code(sku: str) -> str:
     prefix = "".join(ch for ch in sku if ch.isalpha())[:4]
     return f"{prefix}-{secrets.token_hex(3).upper()}-{secrets.token_hex(3).upper()}"
-
-
-def _lower(env: dict[str, str]) -> dict[str, str]:
-    return {k.removeprefix("TASLEEM_").lower(): v for k, v in env.items()}
 
 
 async def _until(check, limit_s: float, what: str, process: ManagedProcess | None = None) -> None:

@@ -6,10 +6,9 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
-import asyncpg
-
 from services.allocator import outbox, vault
 from shared.codecrypt import CodeCipher
+from shared.db import DbConn
 from shared.events import (
     AllocatedCode,
     BackorderedUnits,
@@ -25,7 +24,7 @@ from shared.events import (
 )
 
 
-async def claim_new(conn: asyncpg.Connection, events: Sequence[Event]) -> set[str]:
+async def claim_new(conn: DbConn, events: Sequence[Event]) -> set[str]:
     """Record event ids; returns those not seen before (the rest are redeliveries)."""
     rows = await conn.fetch(
         """
@@ -37,7 +36,7 @@ async def claim_new(conn: asyncpg.Connection, events: Sequence[Event]) -> set[st
     return {r["event_id"] for r in rows}
 
 
-async def allocate(batch: Sequence[OrderPaid], conn: asyncpg.Connection) -> list[outbox.OutboxRow]:
+async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> list[outbox.OutboxRow]:
     """Allocate a batch of paid orders in the caller's transaction; returns the outbox rows."""
     new_ids = await claim_new(conn, batch)
     orders = _unique_by_key(e for e in batch if e.event_id in new_ids)
@@ -69,7 +68,7 @@ async def allocate(batch: Sequence[OrderPaid], conn: asyncpg.Connection) -> list
 
 
 async def receive_codes(
-    batch: Sequence[CodesPurchased], conn: asyncpg.Connection, cipher: CodeCipher
+    batch: Sequence[CodesPurchased], conn: DbConn, cipher: CodeCipher
 ) -> list[outbox.OutboxRow]:
     """Store codes bought by the restocker (deduplicated) and fill backorders with them."""
     new_ids = await claim_new(conn, batch)
@@ -90,7 +89,7 @@ async def receive_codes(
 
 
 async def distribute(
-    conn: asyncpg.Connection, skus: Iterable[str], always_report: bool = False
+    conn: DbConn, skus: Iterable[str], always_report: bool = False
 ) -> list[outbox.OutboxRow]:
     """Fill waiting units of `skus`; write `code.allocated` per order part and one
     `inventory.level` per sku to the outbox."""
@@ -117,9 +116,7 @@ async def distribute(
     return await outbox.write(conn, events)
 
 
-async def _allocation_events(
-    conn: asyncpg.Connection, filled: Sequence[vault.FilledUnit]
-) -> list[Event]:
+async def _allocation_events(conn: DbConn, filled: Sequence[vault.FilledUnit]) -> list[Event]:
     if not filled:
         return []
     by_order: dict[str, list[vault.FilledUnit]] = defaultdict(list)

@@ -14,7 +14,7 @@ from services.allocator.outbox import OutboxRow, Relay
 from services.allocator.settings import AllocatorSettings
 from shared import runtime
 from shared.codecrypt import CodeCipher
-from shared.db import RETRIABLE_DB_ERRORS, connect_and_migrate, ping
+from shared.db import RETRIABLE_DB_ERRORS, DbConn, connect_and_migrate, ping
 from shared.events import CodesPurchased, OrderPaid
 from shared.kafka import ConsumerLoop, make_producer
 
@@ -25,7 +25,7 @@ SERVICE = "allocator"
 def transactional(
     pool: asyncpg.Pool,
     relay: Relay,
-    work: Callable[[Any, asyncpg.Connection], Awaitable[list[OutboxRow]]],
+    work: Callable[[Any, DbConn], Awaitable[list[OutboxRow]]],
 ) -> Callable[[list[Any]], Awaitable[None]]:
     """A batch handler: `work` in one transaction, then its outbox rows relayed."""
 
@@ -50,7 +50,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     try:
         relay = Relay(pool, producer, SERVICE)
 
-        async def received(batch: Sequence[CodesPurchased], conn: asyncpg.Connection):
+        async def received(batch: Sequence[CodesPurchased], conn: DbConn):
             return await handlers.receive_codes(batch, conn, cipher)
 
         loop = ConsumerLoop(

@@ -17,6 +17,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from shared import metrics
+from shared.db import DbConn
 from shared.events import Event
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class OutboxRow:
     payload: bytes
 
 
-async def write(conn: asyncpg.Connection, events: Sequence[Event]) -> list[OutboxRow]:
+async def write(conn: DbConn, events: Sequence[Event]) -> list[OutboxRow]:
     """Add events to the outbox inside the caller's transaction."""
     if not events:
         return []

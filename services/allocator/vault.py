@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from shared.codecrypt import CodeCipher, SealedCode
+from shared.db import DbConn
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class ImportReport:
 
 
 async def store_codes(
-    conn: asyncpg.Connection,
+    conn: DbConn,
     sku: str,
     sealed_with_fingerprint: Sequence[tuple[str, bytes]],
     *,
@@ -72,7 +71,7 @@ async def store_codes(
 
 
 async def import_plain_codes(
-    conn: asyncpg.Connection,
+    conn: DbConn,
     cipher: CodeCipher,
     sku: str,
     codes: Sequence[str],
@@ -110,7 +109,7 @@ def fingerprint_sealed(
     return out
 
 
-async def queue_units(conn: asyncpg.Connection, units: Sequence[tuple[str, int, int, str]]) -> None:
+async def queue_units(conn: DbConn, units: Sequence[tuple[str, int, int, str]]) -> None:
     """Append (order_key, line_no, unit_no, sku) units to the waiting line, in the given order."""
     if not units:
         return
@@ -129,7 +128,7 @@ async def queue_units(conn: asyncpg.Connection, units: Sequence[tuple[str, int, 
     )
 
 
-async def fill(conn: asyncpg.Connection, sku: str, limit: int = 10_000) -> list[FilledUnit]:
+async def fill(conn: DbConn, sku: str, limit: int = 10_000) -> list[FilledUnit]:
     """Give the oldest waiting units of `sku` the earliest-expiring codes; returns the pairs."""
     waiting = await conn.fetch(
         """
@@ -195,7 +194,7 @@ class StockLevel:
     received_total: int
 
 
-async def stock_levels(conn: asyncpg.Connection, skus: Sequence[str]) -> list[StockLevel]:
+async def stock_levels(conn: DbConn, skus: Sequence[str]) -> list[StockLevel]:
     rows = await conn.fetch(
         """
         SELECT s.sku,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from shared.db import DbConn
+
 
 @dataclass(frozen=True)
 class Store:
@@ -45,7 +47,7 @@ class StoreRegistry:
         return [_from_row(r) for r in await self.pool.fetch("SELECT * FROM stores ORDER BY 1")]
 
 
-async def upsert_store(conn: asyncpg.Connection | asyncpg.Pool, store: Store) -> None:
+async def upsert_store(conn: DbConn | asyncpg.Pool, store: Store) -> None:
     await conn.execute(
         """
         INSERT INTO stores (store_id, platform, name, secrets, sku_map, locale, channels)

@@ -119,7 +119,7 @@ def create_app(settings: RestockerSettings) -> faust.App:
         session_holder["runner"] = runner
 
     @app.on_before_shutdown.connect
-    async def close(_: Any, **kwargs: Any) -> None:
+    async def close(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         if "session" in session_holder:
             await session_holder["session"].close()
         if "runner" in session_holder:

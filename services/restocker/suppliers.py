@@ -40,6 +40,7 @@ class ReloadlyLike:
         self.client_secret = client_secret
         self.products = products
         self._token: str | None = None
+        self._prices: dict[int, float] = {}
 
     async def buy(self, sku: str, quantity: int, reference: str) -> list[str]:
         """Buy `quantity` codes of `sku` exactly once for `reference`; returns the codes."""
@@ -55,6 +56,7 @@ class ReloadlyLike:
                     json={
                         "productId": product_id,
                         "quantity": quantity,
+                        "unitPrice": await self._unit_price(product_id),
                         "customIdentifier": reference,
                     },
                 )
@@ -79,6 +81,17 @@ class ReloadlyLike:
         if status != 200 or not isinstance(cards, list):
             raise SupplierError(f"cards not available ({status})", retriable=True)
         return [card["cardNumber"] for card in cards]
+
+    async def _unit_price(self, product_id: int) -> float:
+        """The supplier wants the price we expect to pay, so a price change fails loudly."""
+        if product_id not in self._prices:
+            status, body = await self._call("GET", "/products")
+            if status != 200 or not isinstance(body, list):
+                raise SupplierError(f"product list unavailable ({status})", retriable=True)
+            self._prices = {int(p["productId"]): float(p["unitPrice"]) for p in body}
+        if product_id not in self._prices:
+            raise SupplierError(f"supplier does not sell product {product_id}", retriable=False)
+        return self._prices[product_id]
 
     async def _find(self, reference: str) -> dict[str, Any] | None:
         status, body = await self._call("GET", "/orders", params={"customIdentifier": reference})

@@ -1,0 +1,117 @@
+"""Real parts for the tests: an embedded PostgreSQL (once per session) and a Tansu broker (per
+module), or the servers named in TASLEEM_DATABASE_URL / TASLEEM_KAFKA_BOOTSTRAP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from deploy.embedded.broker import EmbeddedBroker
+from deploy.embedded.postgres import EmbeddedPostgres
+from deploy.embedded.processes import free_port
+from shared.codecrypt import CodeCipher, generate_key_settings
+from shared.settings import VaultKeySettings
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server DSN (to its `postgres` database)."""
+    external = os.environ.get("TASLEEM_DATABASE_URL")
+    if external:
+        yield external
+        return
+    home = tmp_path_factory.mktemp("pg")
+    server = EmbeddedPostgres(home / "data", free_port(), home / "postgres.log")
+    server.start()
+    try:
+        asyncio.run(_wait_for_pg(server.dsn, server))
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+async def _wait_for_pg(dsn: str, server: EmbeddedPostgres) -> None:
+    for _ in range(300):
+        if not server.process.running():
+            raise RuntimeError(f"PostgreSQL exited:\n{server.process.tail()}")
+        try:
+            conn = await asyncpg.connect(dsn, timeout=2)
+            await conn.close()
+            return
+        except (OSError, asyncpg.PostgresError):
+            await asyncio.sleep(0.2)
+    raise RuntimeError("PostgreSQL did not start")
+
+
+@pytest.fixture
+async def database(pg_server: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    yield _with_database(pg_server, name)
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+def _with_database(dsn: str, name: str) -> str:
+    base, _, _ = dsn.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker bootstrap address: a fresh embedded Tansu per test module."""
+    external = os.environ.get("TASLEEM_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    broker = EmbeddedBroker(free_port(), tmp_path_factory.mktemp("broker") / "broker.log")
+    broker.start()
+    try:
+        asyncio.run(_wait_for_port(broker.port))
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+async def _wait_for_port(port: int) -> None:
+    for _ in range(150):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@pytest.fixture(scope="session")
+def vault_env() -> dict[str, str]:
+    return generate_key_settings()
+
+
+@pytest.fixture(scope="session")
+def cipher(vault_env: dict[str, str]) -> CodeCipher:
+    return CodeCipher.from_settings(
+        VaultKeySettings(
+            vault_keys=vault_env["TASLEEM_VAULT_KEYS"],
+            vault_fingerprint_key=vault_env["TASLEEM_VAULT_FINGERPRINT_KEY"],
+        )
+    )
+
+
+REPO = Path(__file__).resolve().parent.parent

@@ -1,0 +1,136 @@
+"""The shared consumer loop on a real broker: dead letters, isolation, retries, commits."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from shared.events import InventoryLevel, dlq_topic
+from shared.kafka import ConsumerLoop, RetriableError, ensure_topics, make_producer, topic_specs
+from shared.settings import ServiceSettings
+
+pytestmark = pytest.mark.integration
+TOPIC = InventoryLevel.topic
+
+
+def level(sku: str) -> bytes:
+    return InventoryLevel(
+        event_id=str(uuid.uuid4()), sku=sku, available=1, backordered=0, at=datetime.now(UTC)
+    ).to_bytes()
+
+
+@pytest.fixture
+async def producer(kafka: str):
+    await ensure_topics(kafka, topic_specs(partitions=2))
+    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+async def run_until(loop: ConsumerLoop, done, limit_s: float = 20) -> None:
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(limit_s):
+            while not done():
+                await asyncio.sleep(0.05)
+    finally:
+        loop.stop()
+        await task
+
+
+async def read_all(kafka: str, topic: str, expected: int) -> list:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    records: list = []
+    try:
+        async with asyncio.timeout(10):
+            while len(records) < expected:
+                batch = await consumer.getmany(timeout_ms=200)
+                for msgs in batch.values():
+                    records.extend(msgs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delivered(
+    kafka, producer
+):
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    skus = [f"{group}-{i}" for i in range(6)]
+    for sku in skus[:3]:
+        await producer.send_and_wait(TOPIC, level(sku), key=sku.encode())
+    await producer.send_and_wait(TOPIC, b"not json at all", key=b"poison")
+    await producer.send_and_wait(TOPIC, level(f"{group}-explodes"), key=b"bad")
+    for sku in skus[3:]:
+        await producer.send_and_wait(TOPIC, level(sku), key=sku.encode())
+
+    handled: list[str] = []
+
+    async def handler(batch):
+        if any(e.sku.endswith("explodes") for e in batch):
+            raise ValueError("this message cannot be handled")
+        handled.extend(e.sku for e in batch if e.sku.startswith(group))
+
+    settings = ServiceSettings(kafka_bootstrap=kafka)
+    loop = ConsumerLoop(
+        service="test",
+        settings=settings,
+        group_id=group,
+        handlers={TOPIC: handler},
+        producer=producer,
+    )
+    await run_until(loop, lambda: len(handled) >= 6)
+    assert sorted(handled) == sorted(skus)
+
+    dead = [r for r in await read_all(kafka, dlq_topic(TOPIC), 2) if r.key in (b"poison", b"bad")]
+    reasons = {r.key: dict(r.headers)["dlq-reason"].decode() for r in dead}
+    assert "invalid InventoryLevel" in reasons[b"poison"]
+    assert "ValueError" in reasons[b"bad"]
+
+    # offsets were committed: a new consumer in the same group gets nothing again
+    again: list[str] = []
+
+    async def count(batch):
+        again.extend(e.sku for e in batch if e.sku.startswith(group))
+
+    loop = ConsumerLoop(
+        service="test",
+        settings=settings,
+        group_id=group,
+        handlers={TOPIC: count},
+        producer=producer,
+    )
+    marker = f"{group}-marker"
+    await producer.send_and_wait(TOPIC, level(marker), key=b"m")
+    await run_until(loop, lambda: marker in again)
+    assert again == [marker]
+
+
+async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, producer):
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    await producer.send_and_wait(TOPIC, level(f"{group}-x"), key=b"x")
+    calls = {"n": 0}
+    handled: list[str] = []
+
+    async def flaky(batch):
+        mine = [e.sku for e in batch if e.sku.startswith(group)]
+        if mine and calls["n"] < 3:
+            calls["n"] += 1
+            raise RetriableError("database restarting")
+        handled.extend(mine)
+
+    loop = ConsumerLoop(
+        service="test",
+        settings=ServiceSettings(kafka_bootstrap=kafka),
+        group_id=group,
+        handlers={TOPIC: flaky},
+        producer=producer,
+    )
+    await run_until(loop, lambda: bool(handled))
+    assert handled == [f"{group}-x"] and calls["n"] == 3
