@@ -17,7 +17,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from pydantic import ValidationError
 
 from shared import metrics
@@ -172,7 +177,14 @@ class ConsumerLoop:
             by_topic[tp.topic].extend(records)
         for topic, records in by_topic.items():
             await self._handle_topic(topic, records)
-        await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        try:
+            await self.consumer.commit(
+                {tp: records[-1].offset + 1 for tp, records in batch.items()}
+            )
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partitions moved to another member mid-batch. It will get these messages
+            # again, and the handlers' idempotence makes that harmless.
+            log.warning("commit after a rebalance was refused: %r", exc)
 
     async def _handle_topic(self, topic: str, records: list[ConsumerRecord]) -> None:
         model = EVENT_BY_TOPIC[topic]

@@ -4,6 +4,7 @@ module), or the servers named in TASLEEM_DATABASE_URL / TASLEEM_KAFKA_BOOTSTRAP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -49,21 +50,37 @@ async def _wait_for_pg(dsn: str, server: EmbeddedPostgres) -> None:
     raise RuntimeError("PostgreSQL did not start")
 
 
-@pytest.fixture
-async def database(pg_server: str) -> AsyncIterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
+@contextlib.asynccontextmanager
+async def fresh_database(pg_server: str) -> AsyncIterator[str]:
+    """A new, empty database on the server, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_server)
     try:
         await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    yield _with_database(pg_server, name)
-    admin = await asyncpg.connect(pg_server)
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        yield _with_database(pg_server, name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(pg_server)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def database(pg_server: str) -> AsyncIterator[str]:
+    """A fresh database for one test."""
+    async with fresh_database(pg_server) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+async def module_database(pg_server: str) -> AsyncIterator[str]:
+    """A fresh database shared by one module's tests."""
+    async with fresh_database(pg_server) as dsn:
+        yield dsn
 
 
 def _with_database(dsn: str, name: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 from tenacity import (
@@ -29,6 +30,7 @@ class Outcome:
     event: CodeAllocated
     attempts: int = 0
     provider_message_id: str | None = None
+    accepted_at: datetime | None = None
     reasons: list[str] = field(default_factory=list)
 
 
@@ -100,7 +102,7 @@ async def _send(event: CodeAllocated, delivery: Delivery) -> Outcome:
         return outcome
     retrying = AsyncRetrying(
         retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retriable),
-        wait=wait_exponential_jitter(initial=0.1, max=5),
+        wait=wait_exponential_jitter(multiplier=0.1, jitter=0.1, max=5),
         stop=stop_after_delay(delivery.deadline_s),
         reraise=True,
     )
@@ -112,6 +114,7 @@ async def _send(event: CodeAllocated, delivery: Delivery) -> Outcome:
                     outcome.provider_message_id = await delivery.whatsapp.send_template(
                         phone, delivery.template, event.customer.locale, params
                     )
+                    outcome.accepted_at = utcnow()
     except ProviderError as exc:
         outcome.reasons.append(str(exc))
         log.warning("delivery of %s part %d failed: %s", event.order_key, event.part, exc)
@@ -127,10 +130,11 @@ async def _record(pool: asyncpg.Pool, outcomes: Sequence[Outcome]) -> None:
             status = CASE WHEN t.mid IS NULL THEN 'failed' ELSE 'accepted' END,
             channel = 'whatsapp', provider = 'whatsapp', provider_message_id = t.mid,
             recipient = t.recipient, attempts = d.attempts + t.attempts, reasons = t.reasons,
-            accepted_at = CASE WHEN t.mid IS NULL THEN NULL ELSE now() END
+            accepted_at = t.accepted_at
         FROM (SELECT unnest($1::text[]) AS id, unnest($2::text[]) AS mid,
                      unnest($3::text[]) AS recipient, unnest($4::int[]) AS attempts,
-                     string_to_array(unnest($5::text[]), chr(31)) AS reasons) t
+                     string_to_array(unnest($5::text[]), chr(31)) AS reasons,
+                     unnest($6::timestamptz[]) AS accepted_at) t
         WHERE d.allocation_event_id = t.id
         """,
         [o.event.event_id for o in outcomes],
@@ -138,20 +142,20 @@ async def _record(pool: asyncpg.Pool, outcomes: Sequence[Outcome]) -> None:
         [o.event.customer.phone or "" for o in outcomes],
         [o.attempts for o in outcomes],
         [chr(31).join(o.reasons) for o in outcomes],
+        [o.accepted_at for o in outcomes],
     )
 
 
 def _report(outcome: Outcome) -> Event:
     event = outcome.event
-    now = utcnow()
-    if outcome.provider_message_id is None:
+    if outcome.provider_message_id is None or outcome.accepted_at is None:
         return MessageFailed(
             event_id=event_id_for("message.failed", event.event_id),
             order_key=event.order_key,
             part=event.part,
             allocation_event_id=event.event_id,
             reasons=outcome.reasons,
-            failed_at=now,
+            failed_at=utcnow(),
         )
     return MessageSent(
         event_id=event_id_for("message.sent", event.event_id),
@@ -165,8 +169,8 @@ def _report(outcome: Outcome) -> Event:
         attempts=outcome.attempts,
         code_count=len(event.codes),
         paid_at=event.paid_at,
-        accepted_at=now,
-        paid_to_accepted_ms=(now - event.paid_at).total_seconds() * 1000,
+        accepted_at=outcome.accepted_at,
+        paid_to_accepted_ms=(outcome.accepted_at - event.paid_at).total_seconds() * 1000,
     )
 
 

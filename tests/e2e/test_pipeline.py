@@ -1,7 +1,10 @@
 """The whole system as a user runs it: signed orders in, the right codes in the right inboxes."""
 
+import asyncio
 import json
+import os
 import re
+import sys
 
 import aiohttp
 import pytest
@@ -14,15 +17,15 @@ from shared.events import CodeAllocated
 from shared.settings import VaultKeySettings
 
 pytestmark = pytest.mark.e2e
-CODE = re.compile(r"[A-Z]{3,4}-[0-9A-F]{6}-[0-9A-F]{6}|RLD-[0-9A-F]{12}")
+CODE = re.compile(r"[A-Z]{3,4}-[0-9A-F]{6}-[0-9A-F]{6}|RLD-[0-9A-F]{12}")  # demo, supplier
 
 
-@pytest.fixture
-async def stack(tmp_path, database, kafka):
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory, module_database, kafka):
     # Little stock, so the surge runs into backorders and the restocker has to buy.
     options = StackOptions(
-        home=tmp_path / "stack",
-        database_url=database,
+        home=tmp_path_factory.mktemp("stack"),
+        database_url=module_database,
         kafka_bootstrap=kafka,
         demo_stock_per_sku=100,
         reorder_point=40,
@@ -33,6 +36,8 @@ async def stack(tmp_path, database, kafka):
         yield stack, await stack.start()
     finally:
         stack.stop()
+    exits = {name: p.proc.returncode for name, p in stack.processes.items() if p.proc}
+    assert exits == dict.fromkeys(exits, 0), f"a process did not stop cleanly: {exits}"
 
 
 async def allocations(kafka: str, order_keys: set[str]) -> dict[str, list[CodeAllocated]]:
@@ -101,3 +106,47 @@ async def test_300_orders_reach_exactly_their_buyers(stack):
     assert bought, "the surge should have needed a purchase"
     assert len(bought) <= 9
     assert len({p["customIdentifier"] for p in bought}) == len(bought)
+
+
+async def test_stock_import_from_a_file_skips_duplicates_and_fills_backorders(stack, tmp_path):
+    running, info = stack
+    codes = [f"IMP-{i:06X}-ABCDEF" for i in range(5)]
+    path = tmp_path / "codes.txt"
+    path.write_text("\n".join([*codes, codes[0], "", codes[1].lower()]) + "\n")
+    phone = "+966511122233"
+    async with aiohttp.ClientSession() as session:
+        order = {
+            "lines": [{"sku": "NEW-SKU", "quantity": 2}],
+            "customer": {"name": "Late Buyer", "phone": phone, "email": None, "locale": "en"},
+        }
+        async with session.post(f"{info['sandbox']}/stores/demo-store/orders", json=order) as r:
+            assert (await r.json())["status"] == 202  # accepted, but nothing in stock yet
+
+    env = {**os.environ, "TASLEEM_DATABASE_URL": info["database"]}
+    cli = [sys.executable, "-m", "deploy.cli", "stock", "import", "--sku", "NEW-SKU"]
+    cli += ["--home", str(running.home), str(path)]
+    code, out, err = await run(cli, env)
+    assert code == 0, err
+    assert json.loads(out) == {"sku": "NEW-SKU", "added": 5, "duplicates": 2, "invalid": 1}
+    assert "IMP-" not in out + err  # a report never shows a code
+    code, out, _ = await run(cli, env)
+    assert json.loads(out)["added"] == 0
+
+    # the backordered order is filled from the import, oldest first, and delivered
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            async with session.get(f"{info['sandbox']}/inbox", params={"to": phone}) as resp:
+                messages = (await resp.json())["messages"]
+            if messages:
+                break
+            await asyncio.sleep(0.1)
+    assert len(messages) == 1
+    assert sorted(CODE.findall(messages[0]["text"])) == codes[:2]
+
+
+async def run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()

@@ -1,0 +1,41 @@
+"""A crash between the allocation commit and the publish loses nothing: the sweeper relays it."""
+
+import pytest
+
+from services.allocator import handlers
+from services.allocator.main import SQL
+from services.allocator.outbox import Relay
+from shared.db import connect_and_migrate
+from shared.events import CodeAllocated
+from shared.kafka import ensure_topics, make_producer, topic_specs
+from shared.settings import ServiceSettings
+from tests.integration.test_consumer_loop import read_all
+from tests.integration.test_vault import import_codes, paid
+
+pytestmark = pytest.mark.integration
+
+
+async def test_rows_left_by_a_dead_writer_are_relayed_once(database, kafka, cipher):
+    await ensure_topics(kafka, topic_specs(partitions=2))
+    pool = await connect_and_migrate(database, "allocator", SQL)
+    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    await producer.start()
+    try:
+        await import_codes(pool, cipher, "A", ["A-1", "A-2"])
+        order = paid("outbox-1", ("A", 1))
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await handlers.allocate([order], conn)
+        assert rows  # committed, and then the writer "died" before publishing
+
+        relay = Relay(pool, producer)
+        assert await relay.sweep_once(min_age_s=60) == 0  # too young: its writer may be alive
+        relayed = await relay.sweep_once(min_age_s=0)
+        assert relayed >= len(rows)
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+        assert await relay.sweep_once(min_age_s=0) == 0
+    finally:
+        await producer.stop()
+        await pool.close()
+    records = await read_all(kafka, CodeAllocated.topic, 1)
+    events = [CodeAllocated.model_validate_json(r.value) for r in records]
+    assert [e.order_key for e in events if e.order_key == order.order_key] == [order.order_key]
