@@ -21,13 +21,17 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+## benchmarks: numbers, not pass/fail; results in bench/results/
+bench: install
+	$(BIN)/python -m bench
+
 test-fast: install
 	$(BIN)/python -m pytest tests/unit
 
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared services deploy
+	$(BIN)/mypy shared services deploy bench
 
 format: install
 	$(BIN)/ruff format .
