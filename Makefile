@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install run test test-fast lint format bench chaos clean
 
 install: $(STAMP)
 
@@ -25,17 +25,28 @@ test: install
 bench: install
 	$(BIN)/python -m bench
 
+## chaos: faults during a surge, each ending with the invariant check; table in chaos/results/
+chaos: install
+	$(BIN)/python -m chaos
+
 test-fast: install
 	$(BIN)/python -m pytest tests/unit
 
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared services deploy bench
+	$(BIN)/mypy shared services deploy bench chaos
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+.PHONY: manifests
+## render the Kubernetes overlays offline into deploy/k8s/rendered/ (validated by make test)
+manifests: install
+	mkdir -p deploy/k8s/rendered
+	$(BIN)/python -m deploy.k8s.render deploy/k8s/overlays/dev > deploy/k8s/rendered/dev.yaml
+	$(BIN)/python -m deploy.k8s.render deploy/k8s/overlays/production > deploy/k8s/rendered/production.yaml
 
 clean:
 	rm -rf $(VENV) .tasleem .pytest_cache .mypy_cache .ruff_cache

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from deploy.embedded import local
+from services.allocator import cli as stock_cli
+from services.ingest import cli as stores_cli
+from services.notifier import cli as notify_cli
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-stock_app = typer.Typer(no_args_is_help=True, help="Manage the code vault's stock.")
-app.add_typer(stock_app, name="stock")
+app.add_typer(stock_cli.app, name="stock")
+app.add_typer(stores_cli.app, name="stores")
+app.add_typer(notify_cli.app, name="notify")
 console = Console()
 
 HOME = Annotated[Path, typer.Option(help="Where the embedded stack keeps its data and logs.")]
@@ -78,7 +82,11 @@ def demo(
     """Send a sale-day surge to a running stack and report what reached the buyers."""
     from deploy import demo as surge_demo
 
-    info = _stack_info(home)
+    try:
+        info = local.stack_info(home)
+    except local.NoStack as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
     async def main() -> bool:
         result = await surge_demo.surge(info, orders, rate, console=console)
@@ -98,89 +106,6 @@ def run(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES))]) -> N
         raise typer.Exit(restocker_main())
     module = __import__(f"services.{service}.main", fromlist=["main"])
     raise typer.Exit(module.main())
-
-
-@stock_app.command("import")
-def stock_import(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="One code per line.")],
-    sku: Annotated[str, typer.Option(help="The sku these codes are for.")],
-    expires: Annotated[
-        datetime | None, typer.Option(help="Expiry date of the whole file (ISO 8601).")
-    ] = None,
-    home: HOME = Path(".tasleem"),
-) -> None:
-    """Encrypt and store codes; duplicates (in the file or the vault) are skipped."""
-    import asyncpg
-
-    from services.allocator import handlers, vault
-    from services.allocator.settings import AllocatorSettings
-    from shared.codecrypt import CodeCipher
-
-    settings = AllocatorSettings()
-    database = _database_url(home, settings.database_url)
-    codes = file.read_text().splitlines()
-
-    async def main() -> vault.ImportReport:
-        cipher = CodeCipher.from_settings(_vault_settings(home, settings))
-        conn = await asyncpg.connect(database, server_settings={"search_path": "allocator"})
-        try:
-            async with conn.transaction():
-                report = await vault.import_plain_codes(
-                    conn, cipher, sku, codes, source=f"import:{file.name}", expires_at=expires
-                )
-                # fills backorders; the allocator relays these events from the outbox
-                await handlers.distribute(conn, [sku], always_report=True)
-            return report
-        finally:
-            await conn.close()
-
-    report = asyncio.run(main())
-    console.print_json(
-        json.dumps(
-            {
-                "sku": sku,
-                "added": report.added,
-                "duplicates": report.duplicates,
-                "invalid": report.invalid,
-            }
-        )
-    )
-
-
-def _stack_info(home: Path) -> dict:
-    path = home / "stack.json"
-    if not path.exists():
-        console.print(
-            f"[red]no running stack[/red] ({path} is missing): start one with `tasleem up`"
-        )
-        raise typer.Exit(2)
-    return json.loads(path.read_text())
-
-
-def _database_url(home: Path, default: str) -> str:
-    import os
-
-    if "TASLEEM_DATABASE_URL" in os.environ:
-        return default
-    path = home / "stack.json"
-    return json.loads(path.read_text())["database"] if path.exists() else default
-
-
-def _vault_settings(home: Path, settings):
-    """The vault keys from the environment, or else the embedded stack's own."""
-    from shared.settings import VaultKeySettings
-
-    if settings.vault_keys.get_secret_value():
-        return settings
-    path = home / "secrets.json"
-    if not path.exists():
-        console.print("[red]TASLEEM_VAULT_KEYS is not set and no embedded stack was found[/red]")
-        raise typer.Exit(2)
-    stored = json.loads(path.read_text())
-    return VaultKeySettings(
-        vault_keys=stored["TASLEEM_VAULT_KEYS"],
-        vault_fingerprint_key=stored["TASLEEM_VAULT_FINGERPRINT_KEY"],
-    )
 
 
 async def _inbox_count(sandbox: str) -> int | None:

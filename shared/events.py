@@ -132,6 +132,7 @@ class CodeRevoked(OrderEvent):
     topic: ClassVar[str] = "code.revoked"
 
     code_ids: list[int]
+    parts: list[int] = []  # the code.allocated parts these codes travelled in
     reason: str
 
 
@@ -200,6 +201,10 @@ class StoreConfig(Event):
     name: str
     locale: Literal["ar", "en"] = "ar"
     channels: list[str] = ["whatsapp", "sms", "email"]
+    templates: dict[str, str] = {}  # message templates by name; never secrets
+    # which providers serve a channel, in order of preference, e.g. {"sms": ["twilio"]}
+    providers: dict[str, list[str]] = {}
+    instructions: dict[str, str] = {}  # how to redeem a code, by locale
 
     def kafka_key(self) -> bytes:
         return self.store_id.encode()

@@ -23,6 +23,7 @@ from aiokafka.errors import (
     KafkaError,
     TopicAlreadyExistsError,
 )
+from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
 from shared import metrics
@@ -40,10 +41,25 @@ class RetriableError(Exception):
     """A dependency is down or busy: the batch is retried, uncommitted, with backoff."""
 
 
+def connection_options(settings: ServiceSettings) -> dict[str, Any]:
+    """Bootstrap, and TLS/SASL when the cluster asks for them: the same for every client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if "SSL" in settings.kafka_security_protocol:
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
 def make_producer(settings: ServiceSettings, **overrides: Any) -> AIOKafkaProducer:
     """A producer that returns only once every in-sync replica has the record."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **connection_options(settings),
         "acks": "all",
         # The embedded broker cannot do InitProducerId; dedupe happens in consumers instead.
         "enable_idempotence": False,
@@ -142,7 +158,7 @@ class ConsumerLoop:
         self._stopping = asyncio.Event()
         self.consumer = AIOKafkaConsumer(
             *handlers,
-            bootstrap_servers=settings.kafka_bootstrap,
+            **connection_options(settings),
             group_id=group_id,
             enable_auto_commit=False,  # commit after processing: at-least-once
             auto_offset_reset="earliest",

@@ -29,6 +29,13 @@ class ServiceSettings(BaseSettings):
     # fetch wait is pure latency; 10 ms costs little CPU and keeps a hop under ~10 ms.
     kafka_fetch_max_wait_ms: int = 10
     kafka_max_batch: int = 500
+    # How to reach a secured cluster (Strimzi's SCRAM-over-TLS listener); plain by default,
+    # which is what the embedded broker speaks.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = ""  # the cluster CA; empty = the system's trust store
     shutdown_grace_s: float = 10.0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -60,6 +62,8 @@ class StackOptions:
     demo_stock_per_sku: int = 1000
     reorder_point: int = 200
     order_quantity: int = 500
+    # extra TASLEEM_* settings for the restocker (policy, faults tests want), added last
+    restocker_env: dict[str, str] = field(default_factory=dict)
     database_url: str | None = field(default_factory=lambda: os.environ.get("TASLEEM_DATABASE_URL"))
     kafka_bootstrap: str | None = field(
         default_factory=lambda: os.environ.get("TASLEEM_KAFKA_BOOTSTRAP")
@@ -109,6 +113,7 @@ class Stack:
                 "TASLEEM_WHATSAPP_BASE_URL": sandbox_url,
                 "TASLEEM_WHATSAPP_TOKEN": self._secret("whatsapp_token"),
                 "TASLEEM_WHATSAPP_PHONE_NUMBER_ID": "100200300",
+                **self._notifier_channels(sandbox_url),
             },
             "restocker": {
                 "TASLEEM_SUPPLIER_BASE_URL": f"{sandbox_url}/reloadly",
@@ -118,6 +123,8 @@ class Stack:
                 "TASLEEM_TOPIC_PARTITIONS": str(self.options.partitions),
                 "TASLEEM_REORDER_POINT": str(self.options.reorder_point),
                 "TASLEEM_ORDER_QUANTITY": str(self.options.order_quantity),
+                "TASLEEM_SUPPLIERS": json.dumps(self._restocker_suppliers(sandbox_url)),
+                **self.options.restocker_env,
             },
         }
         self._start_sandbox(stores)
@@ -224,7 +231,49 @@ class Stack:
                 secrets=(self._secret("store_secret"),),
                 locale="en",
             ),
+            # one store per other platform, so a demo surge arrives in every wire format
+            Store("salla-souq", "salla", "سوق سلة", (self._platform_secret("salla"),)),
+            Store("zid-cards", "zid", "بطاقات زد", ("tasleem:" + self._platform_secret("zid"),)),
+            Store(
+                "shopify-keys",
+                "shopify",
+                "Shopify Keys",
+                (self._platform_secret("shopify"),),
+                locale="en",
+            ),
+            Store(
+                "woo-codes",
+                "woocommerce",
+                "Woo Codes",
+                (self._platform_secret("woocommerce"),),
+                locale="en",
+            ),
         ]
+
+    def _notifier_channels(self, sandbox_url: str) -> dict[str, str]:
+        """The notifier's SMS and email providers and receipts, all played by the sandbox."""
+        return {
+            "TASLEEM_NOTIFIER_ADMIN_TOKEN": self._platform_secret("notifier-admin"),
+            "TASLEEM_NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{self.ports['notifier']}",
+            "TASLEEM_WHATSAPP_APP_SECRET": self._platform_secret("whatsapp-app"),
+            # the demo surge runs at a high-tier number's throughput (the default is 80/s)
+            "TASLEEM_WHATSAPP_RATE_PER_S": "1000",
+            "TASLEEM_UNIFONIC_BASE_URL": sandbox_url,
+            "TASLEEM_UNIFONIC_APP_SID": self._platform_secret("unifonic"),
+            "TASLEEM_UNIFONIC_RECEIPT_TOKEN": self._platform_secret("unifonic-dlr"),
+            "TASLEEM_TWILIO_BASE_URL": sandbox_url,
+            "TASLEEM_TWILIO_ACCOUNT_SID": "AC" + self._platform_secret("twilio-sid")[:32],
+            "TASLEEM_TWILIO_AUTH_TOKEN": self._platform_secret("twilio"),
+            "TASLEEM_TWILIO_FROM": "+15005550006",
+            "TASLEEM_SES_BASE_URL": sandbox_url,
+            "TASLEEM_SES_ACCESS_KEY": "AKIDTASLEEMSANDBOX",
+            "TASLEEM_SES_SECRET_KEY": self._platform_secret("ses"),
+        }
+
+    def _platform_secret(self, platform: str) -> str:
+        """A per-platform webhook secret derived from the stack's persisted store secret."""
+        seed = self._secret("store_secret").encode()
+        return hmac.new(seed, platform.encode(), hashlib.sha256).hexdigest()
 
     async def _prepare_database(self, dsn: str, stores: list[Store]) -> None:
         """Migrate, register the demo stores, and seed demo stock (once per stack home)."""
@@ -254,11 +303,12 @@ class Stack:
                 codes = [_demo_code(sku.sku) for _ in range(self.options.demo_stock_per_sku)]
                 async with conn.transaction():
                     await vault.import_plain_codes(conn, cipher, sku.sku, codes, source="demo")
-                    await handlers.distribute(conn, [sku.sku], always_report=True)
+                    await handlers.distribute(conn, [sku.sku], report_levels=True)
         finally:
             await conn.close()
 
     def _start_sandbox(self, stores: list[Store]) -> None:
+        notifier = f"http://127.0.0.1:{self.ports['notifier']}"
         config = {
             "gateway": f"http://127.0.0.1:{self.ports['ingest']}",
             "stores": [
@@ -268,13 +318,37 @@ class Stack:
             "whatsapp": {
                 "token": self._secret("whatsapp_token"),
                 "phone_number_id": "100200300",
+                "app_secret": self._platform_secret("whatsapp-app"),
+                "status_webhook_url": f"{notifier}/webhooks/whatsapp",
+            },
+            "unifonic": {
+                "app_sid": self._platform_secret("unifonic"),
+                "dlr_url": f"{notifier}/webhooks/unifonic?token="
+                + self._platform_secret("unifonic-dlr"),
+            },
+            "twilio": {
+                "account_sid": "AC" + self._platform_secret("twilio-sid")[:32],
+                "auth_token": self._platform_secret("twilio"),
             },
             "suppliers": {
                 "reloadly": {
                     "client_id": "tasleem",
                     "client_secret": self._secret("supplier_secret"),
                     "products": {s.sku: s.product_id for s in DEMO_SKUS},
-                }
+                },
+                "bamboo": {
+                    "client_id": "tasleem",
+                    "client_secret": self._supplier_secret("bamboo"),
+                    "products": {s.sku: s.product_id + 100 for s in DEMO_SKUS},
+                },
+                "like4card": {
+                    "email": "tasleem@example.com",
+                    "password": self._supplier_secret("like4card"),
+                    "hash_key": self._supplier_secret("like4card-hash"),
+                    "secret_key": self._supplier_secret("like4card-key"),
+                    "secret_iv": self._supplier_secret("like4card-iv"),
+                    "products": {s.sku: s.product_id + 200 for s in DEMO_SKUS},
+                },
             },
         }
         path = self.home / "sandbox.json"
@@ -296,6 +370,59 @@ class Stack:
             log_path=self.logs / "sandbox.log",
         )
         self.processes["sandbox"].start()
+
+    def _supplier_secret(self, role: str) -> str:
+        """A secret per supplier credential, derived from the persisted supplier secret."""
+        seed = self._secret("supplier_secret").encode()
+        return hmac.new(seed, role.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _restocker_suppliers(self, sandbox_url: str) -> list[dict[str, Any]]:
+        """The restocker's suppliers, in the sandbox: Reloadly first, then Bamboo, Like4Card."""
+        return [
+            {
+                "name": "reloadly",
+                "kind": "reloadly",
+                "base_url": f"{sandbox_url}/reloadly",
+                "priority": 1,
+                "lead_time_s": 5,
+                "products": {s.sku: str(s.product_id) for s in DEMO_SKUS},
+                "credentials": {
+                    "client_id": "tasleem",
+                    "client_secret": self._secret("supplier_secret"),
+                },
+            },
+            {
+                "name": "bamboo",
+                "kind": "bamboo",
+                "base_url": f"{sandbox_url}/bamboo/api/integration",
+                "priority": 2,
+                "lead_time_s": 30,
+                "products": {s.sku: str(s.product_id + 100) for s in DEMO_SKUS},
+                "credentials": {
+                    "client_id": "tasleem",
+                    "client_secret": self._supplier_secret("bamboo"),
+                    "account_id": "4242",
+                },
+            },
+            {
+                "name": "like4card",
+                "kind": "like4card",
+                "base_url": f"{sandbox_url}/like4card/online",
+                "priority": 3,
+                "lead_time_s": 10,
+                "products": {s.sku: str(s.product_id + 200) for s in DEMO_SKUS},
+                "credentials": {
+                    "email": "tasleem@example.com",
+                    "password": self._supplier_secret("like4card"),
+                    "phone": "966500000001",
+                    "device_id": "sandbox-device",
+                    "security_code": "sandbox-security-code",
+                    "hash_key": self._supplier_secret("like4card-hash"),
+                    "secret_key": self._supplier_secret("like4card-key"),
+                    "secret_iv": self._supplier_secret("like4card-iv"),
+                },
+            },
+        ]
 
     async def _wait_ready(self, names: list[str], limit_s: float = 120) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:

@@ -6,7 +6,18 @@ import logging
 
 from aiohttp import web
 
-from deploy.sandbox import email, faults, inbox, sms, stores, supplier, whatsapp
+from deploy.sandbox import (
+    bamboo,
+    email,
+    faults,
+    inbox,
+    like4card,
+    receipts,
+    sms,
+    stores,
+    supplier,
+    whatsapp,
+)
 from deploy.sandbox.config import CONFIG, SandboxConfig
 from deploy.sandbox.http import json_errors
 
@@ -18,6 +29,8 @@ PARTIES = (
     faults.Party(sms.TWILIO, sms.twilio_routes, sms.twilio_unavailable),
     faults.Party(email.PARTY, email.routes, email.unavailable),
     faults.Party(supplier.PARTY, supplier.routes, supplier.unavailable, supplier=True),
+    faults.Party(bamboo.PARTY, bamboo.routes, bamboo.unavailable, supplier=True),
+    faults.Party(like4card.PARTY, like4card.routes, like4card.unavailable, supplier=True),
 )
 
 health_routes = web.RouteTableDef()
@@ -41,7 +54,11 @@ def init_app(config: SandboxConfig) -> web.Application:
     app[whatsapp.WHATSAPP] = whatsapp.WhatsAppState(config.whatsapp.not_on_whatsapp)
     app[sms.SMS] = sms.SmsState()
     app[supplier.SUPPLIER] = supplier.Supplier(config.suppliers.reloadly)
+    app[bamboo.BAMBOO] = bamboo.Bamboo(config.suppliers.bamboo)
+    app[like4card.LIKE4CARD] = like4card.Like4Card(config.suppliers.like4card)
     app.cleanup_ctx.append(stores.gateway_client)
+    app[receipts.RECEIPTS] = receipts.Receipts()
+    app.cleanup_ctx.append(receipts.receipts_client)
 
     for party in PARTIES:
         app.add_routes(party.routes)
@@ -51,6 +68,8 @@ def init_app(config: SandboxConfig) -> web.Application:
         inbox.routes,
         stores.routes,
         supplier.control_routes,
+        bamboo.control_routes,
+        like4card.control_routes,
     ):
         app.add_routes(routes)
     logger.info(

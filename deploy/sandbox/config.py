@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deploy.sandbox.faults import FaultUpdate
 
@@ -19,22 +19,27 @@ class _Section(BaseModel):
 
 class StoreConfig(_Section):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    platform: Literal["standard"] = "standard"
+    platform: Literal["standard", "salla", "zid", "shopify", "woocommerce"] = "standard"
     name: str
-    secret: str
+    # Standard: `whsec_<base64>`; Salla, Shopify, WooCommerce: the HMAC key (or Salla's token);
+    # Zid: `username:password` for basic auth.
+    secret: str = Field(min_length=1)
+    salla_strategy: Literal["signature", "token"] = "signature"
     prices: dict[str, Decimal] = {}
     default_price: Decimal = Decimal("50.00")
 
-    @field_validator("secret")
-    @classmethod
-    def _whsec(cls, value: str) -> str:
-        if not value.startswith("whsec_"):
-            raise ValueError("a Standard Webhooks secret starts with 'whsec_'")
-        try:
-            base64.b64decode(value.removeprefix("whsec_"), validate=True)
-        except binascii.Error as exc:
-            raise ValueError("the secret after 'whsec_' must be base64") from exc
-        return value
+    @model_validator(mode="after")
+    def _secret_fits_platform(self) -> StoreConfig:
+        if self.platform == "standard":
+            if not self.secret.startswith("whsec_"):
+                raise ValueError("a Standard Webhooks secret starts with 'whsec_'")
+            try:
+                base64.b64decode(self.secret.removeprefix("whsec_"), validate=True)
+            except binascii.Error as exc:
+                raise ValueError("the secret after 'whsec_' must be base64") from exc
+        if self.platform == "zid" and ":" not in self.secret:
+            raise ValueError("a Zid secret is 'username:password'")
+        return self
 
 
 class WhatsAppConfig(_Section):
@@ -42,10 +47,15 @@ class WhatsAppConfig(_Section):
     phone_number_id: str = "1234567890"
     app_secret: str = "sandbox-whatsapp-app-secret"  # would sign status webhooks
     not_on_whatsapp: list[str] = ["+966500000000"]
+    # where status webhooks (delivered / failed) are POSTed; none: no webhooks
+    status_webhook_url: str | None = None
+    # messages per second per business number before error 130429; none: no limit
+    throughput_per_s: int | None = Field(default=None, gt=0)
 
 
 class UnifonicConfig(_Section):
     app_sid: str = "sandbox-unifonic-appsid"
+    dlr_url: str | None = None  # where delivery receipts are POSTed; none: no receipts
 
 
 class TwilioConfig(_Section):
@@ -70,8 +80,39 @@ class ReloadlyConfig(_Section):
     charge_timeout_s: float = Field(default=30.0, ge=0)  # the sleep of "charge_then_timeout"
 
 
+class BambooConfig(_Section):
+    client_id: str = "sandbox-bamboo-client"
+    client_secret: str = "sandbox-bamboo-secret"
+    account_id: int = 4242
+    products: dict[str, int] = {"SKU-A": 201, "SKU-B": 202}  # our sku -> supplier ProductId
+    unit_price: Decimal = Decimal("9.40")
+    balance: Decimal = Decimal("100000.00")
+    code_prefix: str = "BMB"
+    processing_s: float = Field(default=1.0, ge=0)  # how long an order stays "Processing"
+    charge_timeout_s: float = Field(default=30.0, ge=0)
+
+
+class Like4CardConfig(_Section):
+    email: str = "sandbox@like4card.test"
+    password: str = "sandbox-like4card-password"
+    phone: str = "966500000001"
+    device_id: str = "sandbox-device"
+    security_code: str = "sandbox-security-code"
+    hash_key: str = "sandbox-hash-key"
+    # serialCode is AES-256-CBC encrypted with keys derived from these (see like4card.py)
+    secret_key: str = "sandbox-secret-key"
+    secret_iv: str = "sandbox-secret-iv"
+    products: dict[str, int] = {"SKU-A": 301, "SKU-B": 302}  # our sku -> supplier productId
+    unit_price: Decimal = Decimal("9.60")
+    balance: Decimal = Decimal("100000.00")
+    code_prefix: str = "L4C"
+    charge_timeout_s: float = Field(default=30.0, ge=0)
+
+
 class SuppliersConfig(_Section):
     reloadly: ReloadlyConfig = ReloadlyConfig()
+    bamboo: BambooConfig = BambooConfig()
+    like4card: Like4CardConfig = Like4CardConfig()
 
 
 class SandboxConfig(_Section):

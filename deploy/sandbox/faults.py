@@ -23,6 +23,13 @@ class FaultState(BaseModel):
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     latency_ms: int = Field(default=0, ge=0, le=600_000)
     charge_then_timeout: bool = False
+    # supplier-only: refuse orders as a real supplier would, or hold them pending
+    out_of_stock: bool = False
+    insufficient_balance: bool = False
+    rate_limited: bool = False
+    pending: bool = False
+    # message providers: accept the send, then report it failed in the delivery receipt
+    fail_after_accept: bool = False
 
 
 class FaultUpdate(BaseModel):
@@ -34,6 +41,20 @@ class FaultUpdate(BaseModel):
     error_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     latency_ms: int | None = Field(default=None, ge=0, le=600_000)
     charge_then_timeout: bool | None = None
+    out_of_stock: bool | None = None
+    insufficient_balance: bool | None = None
+    rate_limited: bool | None = None
+    pending: bool | None = None
+    fail_after_accept: bool | None = None
+
+
+SUPPLIER_ONLY = (
+    "charge_then_timeout",
+    "out_of_stock",
+    "insufficient_balance",
+    "rate_limited",
+    "pending",
+)
 
 
 @dataclass(frozen=True)
@@ -59,14 +80,25 @@ class Faults:
 
     def update(self, name: str, change: FaultUpdate) -> FaultState:
         party = self.parties[name]
-        if change.charge_then_timeout is not None and not party.supplier:
-            raise ValueError("charge_then_timeout applies to suppliers only")
+        for name_ in SUPPLIER_ONLY:
+            if getattr(change, name_) is not None and not party.supplier:
+                raise ValueError(f"{name_} applies to suppliers only")
+        if change.fail_after_accept is not None and party.supplier:
+            raise ValueError("fail_after_accept applies to message providers only")
         state = self.state[name].model_copy(update=change.model_dump(exclude_none=True))
         self.state[name] = state
         return state
 
     def party_of(self, handler: object) -> str | None:
         return self._party_of.get(handler)
+
+    def describe(self, name: str) -> dict[str, object]:
+        """A party's faults as JSON; supplier-only switches are shown for suppliers only."""
+        shown = self.state[name].model_dump()
+        if not self.parties[name].supplier:
+            for field in SUPPLIER_ONLY[1:]:  # charge_then_timeout was always listed: kept
+                shown.pop(field)
+        return shown
 
 
 FAULTS = web.AppKey("faults", Faults)
@@ -94,7 +126,7 @@ routes = web.RouteTableDef()
 @routes.get("/faults")
 async def list_faults(request: web.Request) -> web.Response:
     faults = request.app[FAULTS]
-    return web.json_response({name: state.model_dump() for name, state in faults.state.items()})
+    return web.json_response({name: faults.describe(name) for name in faults.state})
 
 
 @routes.put("/faults/{party}")
@@ -109,4 +141,4 @@ async def set_faults(request: web.Request) -> web.Response:
     except (ValidationError, ValueError) as exc:
         return json_error(400, str(exc))
     logger.info("faults for %s: %s", name, state.model_dump())
-    return web.json_response({name: state.model_dump()})
+    return web.json_response({name: faults.describe(name)})

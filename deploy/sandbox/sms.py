@@ -13,6 +13,7 @@ from email.utils import format_datetime
 
 from aiohttp import web
 
+from deploy.sandbox import receipts
 from deploy.sandbox.config import CONFIG
 from deploy.sandbox.http import read_form
 from deploy.sandbox.inbox import INBOX
@@ -75,6 +76,8 @@ async def unifonic_send(request: web.Request) -> web.Response:
     if correlation_id is not None:
         state.unifonic_correlations[correlation_id] = message_id
     request.app[INBOX].deliver("sms", UNIFONIC, "+" + recipient, body, str(message_id))
+    if config.dlr_url:
+        receipts.unifonic_dlr(request, config.dlr_url, str(message_id))
     units = sms_units(body)
     data = {
         "MessageID": message_id,
@@ -138,6 +141,9 @@ async def twilio_send(request: web.Request) -> web.Response:
     if callback := form.get("StatusCallback"):
         request.app[SMS].twilio_callbacks[message_sid] = callback
     request.app[INBOX].deliver("sms", TWILIO, to, body, message_sid)
+    if callback := form.get("StatusCallback"):
+        auth_token = request.app[CONFIG].twilio.auth_token
+        receipts.twilio_status(request, callback, auth_token, message_sid, to)
     created = format_datetime(datetime.now(UTC), usegmt=True)
     reply = {
         "sid": message_sid,

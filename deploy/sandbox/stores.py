@@ -1,17 +1,12 @@
-"""A store platform that signs and sends paid-order webhooks per Standard Webhooks."""
+"""Store platforms that sign and send paid-order webhooks, each in its own wire format."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import itertools
 import json
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -19,20 +14,17 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from deploy.sandbox import platforms
 from deploy.sandbox.config import CONFIG, StoreConfig
-from deploy.sandbox.http import json_error, now_iso, read_json
+from deploy.sandbox.http import json_error, read_json
+from deploy.sandbox.platforms import Webhook
 
 logger = logging.getLogger(__name__)
 
 GATEWAY_TIMEOUT = aiohttp.ClientTimeout(total=30)  # what platforms such as Salla allow
 
 
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The Standard Webhooks `webhook-signature` value for one delivery."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+sign = platforms.sign_standard  # kept under its old name for callers and tests
 
 
 class Line(BaseModel):
@@ -61,21 +53,15 @@ class CancelRequest(BaseModel):
     reason: str = "cancelled by the store"
 
 
-@dataclass(frozen=True)
-class Webhook:
-    """One event as first sent: a platform retry re-sends exactly this."""
-
-    msg_id: str
-    body: bytes
-
-
 class Storefront:
     def __init__(self) -> None:
         self.paid: dict[tuple[str, str], Webhook] = {}
         self.cancelled: dict[tuple[str, str], Webhook] = {}
         self._numbers = itertools.count(1)
 
-    def new_order_id(self) -> str:
+    def new_order_id(self, platform: str = "standard") -> str:
+        if platform != "standard":
+            return platforms.numeric_order_id()
         return f"SBX-{next(self._numbers):06d}-{secrets.token_hex(3).upper()}"
 
 
@@ -89,44 +75,38 @@ async def gateway_client(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def _event(event_type: str, data: dict[str, Any]) -> Webhook:
-    body = {"type": event_type, "timestamp": now_iso(), "data": data}
-    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Webhook("msg_" + secrets.token_urlsafe(18), raw)
-
-
 def _paid_order(
     store: StoreConfig, order_id: str, lines: list[Line], customer: Customer
 ) -> Webhook:
     total = Decimal(0)
-    sent_lines = []
+    sold = []
     for line in lines:
         price = line.price if line.price is not None else store.prices.get(line.sku)
-        total += (price if price is not None else store.default_price) * line.quantity
-        sent_lines.append(
-            {"sku": line.sku, "quantity": line.quantity, "title": line.title or line.sku}
+        price = price if price is not None else store.default_price
+        total += price * line.quantity
+        sold.append(
+            {
+                "sku": line.sku,
+                "quantity": line.quantity,
+                "title": line.title or line.sku,
+                "price": str(price.quantize(Decimal("0.01"))),
+            }
         )
-    data = {
-        "order_id": order_id,
-        "paid_at": now_iso(),
-        "currency": "SAR",
-        "total": str(total.quantize(Decimal("0.01"))),
-        "customer": customer.model_dump(),
-        "lines": sent_lines,
-    }
-    return _event("order.paid", data)
+    sale = platforms.Sale(
+        order_id=order_id,
+        lines=sold,
+        customer=customer.model_dump(),
+        total=str(total.quantize(Decimal("0.01"))),
+    )
+    return platforms.paid(store, sale)
 
 
 async def _deliver(request: web.Request, store: StoreConfig, webhook: Webhook) -> tuple[int, Any]:
     """POST the webhook to the gateway; (status, JSON answer or None). Raises on no answer."""
-    timestamp = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": webhook.msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(store.secret, webhook.msg_id, timestamp, webhook.body),
-    }
+    headers = platforms.delivery_headers(store, webhook)
     url = f"{request.app[CONFIG].gateway}/webhooks/{store.platform}/{store.id}"
+    if webhook.query:
+        url += "?" + webhook.query
     async with request.app[GATEWAY_CLIENT].post(url, data=webhook.body, headers=headers) as reply:
         text = await reply.text()
         try:
@@ -165,7 +145,7 @@ async def send_order(request: web.Request) -> web.Response:
     except ValueError as exc:
         return json_error(400, str(exc))
     storefront = request.app[STOREFRONT]
-    order_id = order.order_id or storefront.new_order_id()
+    order_id = order.order_id or storefront.new_order_id(store.platform)
     webhook = storefront.paid.get((store.id, order_id))
     if webhook is None:
         if order.lines is None or order.customer is None:
@@ -191,7 +171,6 @@ async def cancel_order(request: web.Request) -> web.Response:
         return json_error(400, str(exc))
     webhook = storefront.cancelled.get((store.id, order_id))
     if webhook is None:
-        data = {"order_id": order_id, "cancelled_at": now_iso(), "reason": cancel.reason}
-        webhook = _event("order.cancelled", data)
+        webhook = platforms.cancelled(store, order_id, cancel.reason)
         storefront.cancelled[(store.id, order_id)] = webhook
     return await _send(request, store, order_id, webhook)

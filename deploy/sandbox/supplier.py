@@ -226,6 +226,11 @@ async def order(request: web.Request) -> web.Response:
         return reloadly_error(request, 400, "BAD_REQUEST", f"Invalid fields: {fields}")
     except ValueError:
         return reloadly_error(request, 400, "BAD_REQUEST", "The body is not JSON")
+    switched = request.app[FAULTS].state[PARTY]
+    if switched.rate_limited:
+        response = reloadly_error(request, 429, "TOO_MANY_REQUESTS", "Rate limit exceeded")
+        response.headers["Retry-After"] = "1"
+        return response
     if asked.customIdentifier in supplier.by_reference:
         return reloadly_error(
             request, 409, "DUPLICATE_CUSTOM_IDENTIFIER", "This custom identifier was already used"
@@ -236,8 +241,12 @@ async def order(request: web.Request) -> web.Response:
         return reloadly_error(
             request, 400, "INVALID_UNIT_PRICE", f"unitPrice must be {supplier.config.unit_price}"
         )
+    if switched.out_of_stock:
+        return reloadly_error(
+            request, 400, "PRODUCT_OUT_OF_STOCK", "This product is currently out of stock"
+        )
     cost = supplier.config.unit_price * asked.quantity
-    if cost > supplier.balance:
+    if cost > supplier.balance or switched.insufficient_balance:
         return reloadly_error(
             request, 400, "INSUFFICIENT_BALANCE", "Your balance is too low for this order"
         )

@@ -6,12 +6,15 @@ import base64
 import hmac
 import logging
 import secrets
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from deploy.sandbox import receipts
 from deploy.sandbox.config import CONFIG
 from deploy.sandbox.http import now_iso, read_json
 from deploy.sandbox.inbox import INBOX
@@ -87,6 +90,8 @@ class SentMessage:
 class WhatsAppState:
     def __init__(self, not_on_whatsapp: list[str]) -> None:
         self.sent: dict[str, SentMessage] = {}
+        self.recent: deque[float] = deque()  # acceptance times within the last second
+        self.throttled = 0  # sends refused with 130429
         self.not_on_whatsapp = frozenset(_digits(phone) for phone in not_on_whatsapp)
 
 
@@ -137,6 +142,16 @@ def _template_text(template: Template) -> str | web.Response:
     return render(body, values)
 
 
+def _over_throughput(state: WhatsAppState, per_second: int) -> bool:
+    now = time.monotonic()
+    while state.recent and now - state.recent[0] >= 1.0:
+        state.recent.popleft()
+    if len(state.recent) >= per_second:
+        return True
+    state.recent.append(now)
+    return False
+
+
 routes = web.RouteTableDef()
 
 
@@ -175,11 +190,18 @@ async def send_message(request: web.Request) -> web.Response:
     if wa_id in state.not_on_whatsapp:
         return graph_error(400, 131026, "Message undeliverable")
 
+    if config.throughput_per_s is not None and _over_throughput(state, config.throughput_per_s):
+        state.throttled += 1
+        return graph_error(400, 130429, "(#130429) Rate limit hit")
     wamid = "wamid." + base64.b64encode(secrets.token_bytes(27)).decode()
     state.sent[wamid] = SentMessage(
         wamid, phone_number_id, wa_id, send.template.name, send.template.language.code, now_iso()
     )
     request.app[INBOX].deliver("whatsapp", PARTY, "+" + wa_id, text, wamid)
+    if config.status_webhook_url:
+        receipts.whatsapp_status(
+            request, config.status_webhook_url, config.app_secret, phone_number_id, wamid, wa_id
+        )
     return web.json_response(
         {
             "messaging_product": "whatsapp",

@@ -1,10 +1,19 @@
-"""Allocator handlers: paid orders in, codes out; purchased codes in, backorders filled."""
+"""Allocator handlers: paid orders in, codes out; purchased codes in, backorders filled.
+
+Each handler runs inside the caller's transaction and returns what it `Applied`: the outbox
+rows to relay after commit, and the stock it touched (reported on `inventory.level` by
+`levels.LevelReporter`, coalesced, off the hot path).
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+import asyncpg
 
 from services.allocator import outbox, vault
 from shared.codecrypt import CodeCipher
@@ -13,15 +22,33 @@ from shared.events import (
     AllocatedCode,
     BackorderedUnits,
     CodeAllocated,
+    CodeRevoked,
     CodesPurchased,
     Customer,
     Event,
     InventoryLevel,
+    MessageSent,
+    OrderCancelled,
     OrderLine,
     OrderPaid,
     event_id_for,
     utcnow,
 )
+
+
+@dataclass
+class Applied:
+    """What a handler did: events to relay once committed, and the stock it moved."""
+
+    rows: list[outbox.OutboxRow] = field(default_factory=list)
+    sold: Counter[str] = field(default_factory=Counter)  # units that got a code, per sku
+    touched: set[str] = field(default_factory=set)  # skus whose level changed
+
+    def merge(self, other: Applied) -> Applied:
+        self.rows.extend(other.rows)
+        self.sold.update(other.sold)
+        self.touched |= other.touched
+        return self
 
 
 async def claim_new(conn: DbConn, events: Sequence[Event]) -> set[str]:
@@ -36,17 +63,62 @@ async def claim_new(conn: DbConn, events: Sequence[Event]) -> set[str]:
     return {r["event_id"] for r in rows}
 
 
-async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> list[outbox.OutboxRow]:
-    """Allocate a batch of paid orders in the caller's transaction; returns the outbox rows."""
+async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
+    """Allocate a batch of paid orders: claim codes for all its skus at once, write the units
+    with their codes, and queue what is short behind older backorders (first in, first out)."""
     new_ids = await claim_new(conn, batch)
     orders = _unique_by_key(e for e in batch if e.event_id in new_ids)
+    if orders:
+        cancelled = await conn.fetch(
+            "SELECT order_key FROM cancellations WHERE order_key = ANY($1::text[])",
+            [o.order_key for o in orders],
+        )
+        gone = {r["order_key"] for r in cancelled}
+        orders = [o for o in orders if o.order_key not in gone]
     if not orders:
-        return []
+        return Applied()
+    wanted = [
+        (o, line_no, unit_no, line.sku)
+        for o in orders
+        for line_no, line in enumerate(o.lines)
+        for unit_no in range(line.quantity)
+    ]
+    skus = {sku for *_, sku in wanted}
+    behind = await vault.skus_with_backorders(conn, skus)
+    codes = await vault.claim_codes(conn, Counter(s for *_, s in wanted if s not in behind))
+    supply = {sku: iter(found) for sku, found in codes.items()}
+    units = [
+        vault.UnitRow(o.order_key, line_no, unit_no, sku, next(supply.get(sku, iter(())), None))
+        for o, line_no, unit_no, sku in wanted
+    ]
+    served = {u.order_key for u in units if u.code}
+    units = [replace(u, part=1) if u.code else u for u in units]
+    await _insert_orders(conn, orders, served)
+    await vault.insert_units(conn, units)
+
+    by_order: dict[str, list[vault.UnitRow]] = defaultdict(list)
+    for unit in units:
+        by_order[unit.order_key].append(unit)
+    now = utcnow()
+    events: list[Event] = [
+        _allocated(o, 1, by_order[o.order_key], now) for o in orders if o.order_key in served
+    ]
+    applied = Applied(sold=Counter(u.sku for u in units if u.code), touched=skus)
+    if behind:
+        backlog_events, backlog = await fill_backorders(conn, behind)
+        events.extend(backlog_events)
+        applied.merge(backlog)
+    applied.rows = await outbox.write(conn, events)
+    return applied
+
+
+async def _insert_orders(conn: DbConn, orders: Sequence[OrderPaid], served: set[str]) -> None:
     await conn.execute(
         """
-        INSERT INTO orders (order_key, store_id, store_name, order_id, customer, lines, paid_at)
+        INSERT INTO orders
+            (order_key, store_id, store_name, order_id, customer, lines, paid_at, parts)
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                             $6::jsonb[], $7::timestamptz[])
+                             $6::jsonb[], $7::timestamptz[], $8::int[])
         ON CONFLICT DO NOTHING
         """,
         [o.order_key for o in orders],
@@ -56,73 +128,164 @@ async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> list[outbox.Outb
         [o.customer.model_dump_json() for o in orders],
         [json.dumps([line.model_dump() for line in o.lines]) for o in orders],
         [o.paid_at for o in orders],
+        [1 if o.order_key in served else 0 for o in orders],
     )
-    units = [
-        (o.order_key, line_no, unit_no, line.sku)
-        for o in orders
-        for line_no, line in enumerate(o.lines)
-        for unit_no in range(line.quantity)
-    ]
-    await vault.queue_units(conn, units)
-    return await distribute(conn, {u[3] for u in units})
+
+
+def _allocated(order: OrderPaid, part: int, units: Sequence[vault.UnitRow], now) -> CodeAllocated:
+    waiting = Counter(u.sku for u in units if u.code is None)
+    # Built from validated data on the hot path: skip re-validation.
+    return CodeAllocated.model_construct(
+        event_id=event_id_for("code.allocated", order.order_key, part),
+        order_key=order.order_key,
+        part=part,
+        store_id=order.store_id,
+        store_name=order.store_name,
+        order_id=order.order_id,
+        customer=order.customer,
+        lines=order.lines,
+        codes=[_code(u) for u in units if u.code],
+        backordered=[
+            BackorderedUnits.model_construct(sku=s, quantity=n) for s, n in waiting.items()
+        ],
+        paid_at=order.paid_at,
+        allocated_at=now,
+    )
+
+
+def _code(unit: vault.UnitRow) -> AllocatedCode:
+    assert unit.code is not None
+    return AllocatedCode.model_construct(
+        code_id=unit.code.code_id,
+        sku=unit.sku,
+        sealed=unit.code.sealed,
+        expires_at=unit.code.expires_at,
+    )
 
 
 async def receive_codes(
     batch: Sequence[CodesPurchased], conn: DbConn, cipher: CodeCipher
-) -> list[outbox.OutboxRow]:
+) -> Applied:
     """Store codes bought by the restocker (deduplicated) and fill backorders with them."""
     new_ids = await claim_new(conn, batch)
     skus = set()
     for event in batch:
         if event.event_id not in new_ids:
             continue
-        sealed = vault.fingerprint_sealed(cipher, event.sku, event.codes)
-        await vault.store_codes(
-            conn,
-            event.sku,
-            sealed,
-            source=f"{event.supplier}:{event.reference}",
-            expires_at=event.expires_at,
-        )
+        cost = Decimal(event.unit_cost) if event.unit_cost else None
+        codes = [
+            replace(code, expires_at=event.expires_at, cost=cost, batch=event.reference)
+            for code in vault.fingerprint_sealed(cipher, event.sku, event.codes)
+        ]
+        await vault.store_codes(conn, event.sku, codes, source=event.supplier)
         skus.add(event.sku)
-    return await distribute(conn, skus, always_report=True)
+    return await distribute(conn, skus)
 
 
-async def distribute(
-    conn: DbConn, skus: Iterable[str], always_report: bool = False
-) -> list[outbox.OutboxRow]:
-    """Fill waiting units of `skus`; write `code.allocated` per order part and one
-    `inventory.level` per sku to the outbox."""
-    filled: list[vault.FilledUnit] = []
-    skus = sorted(skus)
-    for sku in skus:
-        filled.extend(await vault.fill(conn, sku))
-    events: list[Event] = await _allocation_events(conn, filled)
-    sold = Counter(u.sku for u in filled)
-    now = utcnow()
-    for level in await vault.stock_levels(conn, skus):
-        if sold[level.sku] or always_report or level.backordered:
+async def cancel(batch: Sequence[OrderCancelled], conn: DbConn) -> Applied:
+    """Withdraw cancelled orders: waiting units dropped, codes quarantined (never resold), and
+    `code.revoked` for codes not yet delivered so the notifier does not send them."""
+    new_ids = await claim_new(conn, batch)
+    cancels = {e.order_key: e for e in batch if e.event_id in new_ids}
+    if not cancels:
+        return Applied()
+    keys = sorted(cancels)
+    await conn.execute(
+        """
+        INSERT INTO cancellations (order_key, reason, cancelled_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+        ON CONFLICT DO NOTHING
+        """,
+        keys,
+        [cancels[k].reason for k in keys],
+        [cancels[k].cancelled_at for k in keys],
+    )
+    await conn.execute(
+        "UPDATE orders SET cancelled_at = now() WHERE order_key = ANY($1::text[])", keys
+    )
+    dropped = await conn.fetch(
+        "DELETE FROM units WHERE order_key = ANY($1::text[]) AND code_id IS NULL RETURNING sku",
+        keys,
+    )
+    withdrawn = await conn.fetch(
+        """
+        UPDATE units SET revoked_at = now()
+        WHERE order_key = ANY($1::text[]) AND code_id IS NOT NULL AND revoked_at IS NULL
+        RETURNING order_key, code_id, part, sku, delivered_at
+        """,
+        keys,
+    )
+    await conn.execute(
+        "UPDATE codes SET status = 'revoked' WHERE code_id = ANY($1::bigint[])",
+        [r["code_id"] for r in withdrawn],
+    )
+    undelivered: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    for row in withdrawn:
+        if row["delivered_at"] is None:
+            undelivered[row["order_key"]].append(row)
+    events: list[Event] = [
+        CodeRevoked(
+            event_id=event_id_for("code.revoked", key),
+            order_key=key,
+            code_ids=sorted(r["code_id"] for r in rows),
+            parts=sorted({r["part"] for r in rows if r["part"] is not None}),
+            reason=cancels[key].reason or "order cancelled",
+        )
+        for key, rows in undelivered.items()
+    ]
+    skus = {r["sku"] for r in dropped} | {r["sku"] for r in withdrawn}
+    return Applied(rows=await outbox.write(conn, events), touched=skus)
+
+
+async def mark_delivered(batch: Sequence[MessageSent], conn: DbConn) -> Applied:
+    """Codes whose message the provider accepted count as sold, not merely reserved."""
+    await conn.execute(
+        """
+        UPDATE units SET delivered_at = t.at
+        FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS t(k, p, at)
+        WHERE units.order_key = t.k AND units.part = t.p AND units.delivered_at IS NULL
+        """,
+        [e.order_key for e in batch],
+        [e.part for e in batch],
+        [e.accepted_at for e in batch],
+    )
+    return Applied()
+
+
+async def distribute(conn: DbConn, skus: Iterable[str], report_levels: bool = False) -> Applied:
+    """Fill backorders of `skus` after stock arrived; with `report_levels`, also write each
+    sku's `inventory.level` to the outbox (for writers outside the allocator process, which
+    have no level reporter)."""
+    skus = set(skus)
+    events, applied = await fill_backorders(conn, skus)
+    applied.touched |= skus
+    if report_levels:
+        now = utcnow()
+        for level in await vault.stock_levels(conn, sorted(skus)):
             events.append(
                 InventoryLevel(
                     event_id=event_id_for("inventory.level", level.sku, now.isoformat()),
                     sku=level.sku,
                     available=level.available,
                     backordered=level.backordered,
-                    sold_since_last=sold[level.sku],
+                    sold_since_last=applied.sold[level.sku],
                     received_total=level.received_total,
                     at=now,
                 )
             )
-    return await outbox.write(conn, events)
+    applied.rows = await outbox.write(conn, events)
+    return applied
 
 
-async def _allocation_events(conn: DbConn, filled: Sequence[vault.FilledUnit]) -> list[Event]:
+async def fill_backorders(conn: DbConn, skus: Iterable[str]) -> tuple[list[Event], Applied]:
+    """Give waiting units their codes, oldest first; one new part per order served."""
+    filled = await vault.fill_waiting(conn, skus)
     if not filled:
-        return []
-    by_order: dict[str, list[vault.FilledUnit]] = defaultdict(list)
+        return [], Applied()
+    by_order: dict[str, list[vault.UnitRow]] = defaultdict(list)
     for unit in filled:
         by_order[unit.order_key].append(unit)
-    keys = list(by_order)
+    keys = sorted(by_order)
     orders = await conn.fetch(
         """
         UPDATE orders SET parts = parts + 1 WHERE order_key = ANY($1::text[])
@@ -130,15 +293,9 @@ async def _allocation_events(conn: DbConn, filled: Sequence[vault.FilledUnit]) -
         """,
         keys,
     )
-    await conn.execute(
-        """
-        UPDATE units SET part = o.parts FROM orders o
-        WHERE o.order_key = units.order_key AND units.order_key = ANY($1::text[])
-          AND units.code_id = ANY($2::bigint[])
-        """,
-        keys,
-        [u.code_id for u in filled],
-    )
+    part_of = {o["order_key"]: o["parts"] for o in orders}
+    filled = [replace(u, part=part_of[u.order_key]) for u in filled]
+    await vault.assign(conn, filled)
     waiting = await conn.fetch(
         """
         SELECT order_key, sku, count(*) AS n FROM units
@@ -164,18 +321,13 @@ async def _allocation_events(conn: DbConn, filled: Sequence[vault.FilledUnit]) -
                 order_id=order["order_id"],
                 customer=Customer.model_validate_json(order["customer"]),
                 lines=[OrderLine.model_validate(line) for line in json.loads(order["lines"])],
-                codes=[
-                    AllocatedCode(
-                        code_id=u.code_id, sku=u.sku, sealed=u.sealed, expires_at=u.expires_at
-                    )
-                    for u in units
-                ],
+                codes=[_code(u) for u in units],
                 backordered=still_waiting.get(key, []),
                 paid_at=order["paid_at"],
                 allocated_at=now,
             )
         )
-    return events
+    return events, Applied(sold=Counter(u.sku for u in filled), touched=set(skus))
 
 
 def _unique_by_key(events: Iterable[OrderPaid]) -> list[OrderPaid]:

@@ -9,13 +9,16 @@ from typing import Any
 
 import asyncpg
 
-from services.allocator import handlers
-from services.allocator.outbox import OutboxRow, Relay
+from services.allocator import admin, handlers
+from services.allocator.handlers import Applied
+from services.allocator.levels import LevelReporter
+from services.allocator.outbox import Relay
 from services.allocator.settings import AllocatorSettings
 from shared import runtime
+from shared.admin_auth import admin_guard
 from shared.codecrypt import CodeCipher
 from shared.db import RETRIABLE_DB_ERRORS, DbConn, connect_and_migrate, ping
-from shared.events import CodesPurchased, OrderPaid
+from shared.events import CodesPurchased, MessageSent, OrderCancelled, OrderPaid
 from shared.kafka import ConsumerLoop, make_producer
 
 SQL = Path(__file__).parent / "sql"
@@ -25,14 +28,17 @@ SERVICE = "allocator"
 def transactional(
     pool: asyncpg.Pool,
     relay: Relay,
-    work: Callable[[Any, DbConn], Awaitable[list[OutboxRow]]],
+    levels: LevelReporter,
+    work: Callable[[Any, DbConn], Awaitable[Applied]],
 ) -> Callable[[list[Any]], Awaitable[None]]:
-    """A batch handler: `work` in one transaction, then its outbox rows relayed."""
+    """A batch handler: `work` in one transaction, then its events relayed and its stock
+    movements noted for the level reporter."""
 
     async def handle(batch: Sequence[Any]) -> None:
         async with pool.acquire() as conn, conn.transaction():
-            rows = await work(batch, conn)
-        await relay.publish(rows)
+            applied = await work(batch, conn)
+        await relay.publish(applied.rows)
+        levels.record(applied.touched, applied.sold)
 
     return handle
 
@@ -49,6 +55,13 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     await producer.start()
     try:
         relay = Relay(pool, producer, SERVICE)
+        levels = LevelReporter(
+            pool,
+            producer,
+            interval_s=settings.level_interval_s,
+            refresh_s=settings.level_refresh_s,
+            service=SERVICE,
+        )
 
         async def received(batch: Sequence[CodesPurchased], conn: DbConn):
             return await handlers.receive_codes(batch, conn, cipher)
@@ -60,10 +73,19 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
             producer=producer,
             retriable=RETRIABLE_DB_ERRORS,
             handlers={
-                OrderPaid.topic: transactional(pool, relay, handlers.allocate),
-                CodesPurchased.topic: transactional(pool, relay, received),
+                OrderPaid.topic: transactional(pool, relay, levels, handlers.allocate),
+                CodesPurchased.topic: transactional(pool, relay, levels, received),
+                OrderCancelled.topic: transactional(pool, relay, levels, handlers.cancel),
+                MessageSent.topic: transactional(pool, relay, levels, handlers.mark_delivered),
             },
         )
+        rt.app[admin.POOL] = pool
+        rt.app[admin.CIPHER] = cipher
+        rt.app[admin.RELAY] = relay
+        rt.app[admin.LEVELS] = levels
+        rt.add_worker("inventory-levels", levels.run, levels.stop)
+        rt.app.middlewares.append(admin_guard(settings.allocator_admin_token.get_secret_value()))
+        rt.app.add_routes(admin.routes())
         rt.add_worker("consumer", loop.run, loop.stop)
         rt.add_worker(
             "outbox-sweeper",
@@ -81,7 +103,8 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
 
 
 def main() -> int:
-    return runtime.run(SERVICE, AllocatorSettings(), lifespan)
+    settings = AllocatorSettings()
+    return runtime.run(SERVICE, settings, lifespan, client_max_size=settings.max_import_bytes)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+from pydantic import SecretStr
+
 from shared.settings import ServiceSettings, VaultKeySettings
 
 
@@ -7,3 +9,10 @@ class AllocatorSettings(ServiceSettings, VaultKeySettings):
     outbox_sweep_interval_s: float = 0.5
     # rows younger than this belong to a live writer that relays them itself
     outbox_orphan_age_s: float = 2.0
+    # inventory.level is published at most this often per sku, and for every sku this often
+    level_interval_s: float = 0.5
+    level_refresh_s: float = 30.0
+    # bearer token for /admin/ (stock imports, levels, orders); unset = admin API refused
+    allocator_admin_token: SecretStr = SecretStr("")
+    # stock files are posted whole to the admin API
+    max_import_bytes: int = 64 * 1024 * 1024

@@ -8,55 +8,70 @@ constraints on `codes.fingerprint` and `units.code_id` are the last word on "nev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
+from services.allocator import importing
 from shared.codecrypt import CodeCipher, SealedCode
 from shared.db import DbConn
 
 
-@dataclass(frozen=True)
-class FilledUnit:
-    order_key: str
-    line_no: int
-    unit_no: int
-    sku: str
-    code_id: int
-    sealed: str
-    expires_at: datetime | None
-
-
 @dataclass
 class ImportReport:
+    """What an import did, by line number; never the codes themselves."""
+
     added: int = 0
-    duplicates: int = 0
-    invalid: int = 0
+    duplicate_lines: list[int] = field(default_factory=list)
+    invalid: list[importing.Problem] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.duplicate_lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "duplicate_lines": self.duplicate_lines,
+            "invalid": [{"line": p.line, "reason": p.reason} for p in self.invalid],
+        }
+
+
+@dataclass(frozen=True)
+class NewCode:
+    sealed: str
+    fingerprint: bytes
+    expires_at: datetime | None = None
+    cost: Decimal | None = None
+    batch: str = ""
 
 
 async def store_codes(
-    conn: DbConn,
-    sku: str,
-    sealed_with_fingerprint: Sequence[tuple[str, bytes]],
-    *,
-    source: str,
-    expires_at: datetime | None = None,
-) -> int:
-    """Insert sealed codes, skipping any whose fingerprint is already in the vault."""
-    if not sealed_with_fingerprint:
-        return 0
+    conn: DbConn, sku: str, codes: Sequence[NewCode], *, source: str
+) -> set[bytes]:
+    """Insert sealed codes, skipping any whose fingerprint is already in the vault; returns
+    the fingerprints that were new."""
+    if not codes:
+        return set()
     rows = await conn.fetch(
         """
-        INSERT INTO codes (sku, sealed, fingerprint, source, expires_at)
-        SELECT $1, s, f, $4, $5 FROM unnest($2::text[], $3::bytea[]) AS t(s, f)
+        INSERT INTO codes (sku, sealed, fingerprint, source, expires_at, cost, batch)
+        SELECT $1, s, f, $2, e, c, b
+        FROM unnest($3::text[], $4::bytea[], $5::timestamptz[], $6::numeric[], $7::text[])
+            AS t(s, f, e, c, b)
         ON CONFLICT (fingerprint) DO NOTHING
-        RETURNING code_id
+        RETURNING fingerprint
         """,
         sku,
-        [s for s, _ in sealed_with_fingerprint],
-        [f for _, f in sealed_with_fingerprint],
         source,
-        expires_at,
+        [c.sealed for c in codes],
+        [c.fingerprint for c in codes],
+        [c.expires_at for c in codes],
+        [c.cost for c in codes],
+        [c.batch for c in codes],
     )
     if rows:
         await conn.execute(
@@ -67,7 +82,55 @@ async def store_codes(
             sku,
             len(rows),
         )
-    return len(rows)
+    return {r["fingerprint"] for r in rows}
+
+
+async def code_pattern(conn: DbConn, sku: str) -> str | None:
+    pattern: str | None = await conn.fetchval(
+        "SELECT code_pattern FROM sku_rules WHERE sku = $1", sku
+    )
+    return pattern
+
+
+async def import_stock(
+    conn: DbConn,
+    cipher: CodeCipher,
+    sku: str,
+    parsed: importing.ParsedFile,
+    *,
+    source: str,
+    expires_at: datetime | None = None,
+    cost: Decimal | None = None,
+    batch: str = "",
+) -> ImportReport:
+    """Seal and store a parsed stock file, deduplicated in the file and against the vault.
+
+    `expires_at`, `cost` and `batch` apply to lines that do not say otherwise."""
+    report = ImportReport(invalid=list(parsed.problems))
+    line_of: dict[bytes, int] = {}
+    batch_codes: list[NewCode] = []
+    for item in parsed.lines:
+        fingerprint = cipher.fingerprint(item.code)
+        if fingerprint in line_of:
+            report.duplicate_lines.append(item.line)
+            continue
+        line_of[fingerprint] = item.line
+        batch_codes.append(
+            NewCode(
+                cipher.seal(item.code, sku).to_text(),
+                fingerprint,
+                item.expires_at or expires_at,
+                item.cost if item.cost is not None else cost,
+                item.batch or batch,
+            )
+        )
+    added = await store_codes(conn, sku, batch_codes, source=source)
+    report.added = len(added)
+    report.duplicate_lines.extend(
+        line_of[c.fingerprint] for c in batch_codes if c.fingerprint not in added
+    )
+    report.duplicate_lines.sort()
+    return report
 
 
 async def import_plain_codes(
@@ -79,111 +142,150 @@ async def import_plain_codes(
     source: str,
     expires_at: datetime | None = None,
 ) -> ImportReport:
-    """Seal and store plain codes (from a file), deduplicated in the batch and in the vault."""
-    report = ImportReport()
-    seen: set[bytes] = set()
-    batch: list[tuple[str, bytes]] = []
-    for code in codes:
-        if not code.strip():
-            report.invalid += 1
-            continue
-        fingerprint = cipher.fingerprint(code)
-        if fingerprint in seen:
-            report.duplicates += 1
-            continue
-        seen.add(fingerprint)
-        batch.append((cipher.seal(code.strip(), sku).to_text(), fingerprint))
-    report.added = await store_codes(conn, sku, batch, source=source, expires_at=expires_at)
-    report.duplicates += len(batch) - report.added
-    return report
+    """Import a list of codes, one per entry (the simplest stock file)."""
+    parsed = importing.parse("\n".join(codes), "lines")
+    return await import_stock(conn, cipher, sku, parsed, source=source, expires_at=expires_at)
 
 
-def fingerprint_sealed(
-    cipher: CodeCipher, sku: str, sealed_codes: Sequence[str]
-) -> list[tuple[str, bytes]]:
+def fingerprint_sealed(cipher: CodeCipher, sku: str, sealed_codes: Sequence[str]) -> list[NewCode]:
     """Fingerprints for codes that arrive sealed (from the restocker); raises on a bad one."""
-    out = []
-    for text in sealed_codes:
-        sealed = SealedCode.from_text(text)
-        out.append((text, cipher.fingerprint(cipher.open(sealed, sku))))
-    return out
+    return [
+        NewCode(text, cipher.fingerprint(cipher.open(SealedCode.from_text(text), sku)))
+        for text in sealed_codes
+    ]
 
 
-async def queue_units(conn: DbConn, units: Sequence[tuple[str, int, int, str]]) -> None:
-    """Append (order_key, line_no, unit_no, sku) units to the waiting line, in the given order."""
+@dataclass(frozen=True)
+class Claimed:
+    code_id: int
+    sku: str
+    sealed: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    """A unit of an order line and the code it got (None: it waits, a backorder)."""
+
+    order_key: str
+    line_no: int
+    unit_no: int
+    sku: str
+    code: Claimed | None = None
+    part: int | None = None
+
+
+async def claim_codes(conn: DbConn, demand: Mapping[str, int]) -> dict[str, list[Claimed]]:
+    """Claim up to `demand[sku]` available codes per sku, earliest-expiring first, in one
+    statement. SKIP LOCKED: codes another allocator is claiming are left to it, not waited on.
+    The claimed ids are gathered in an ARRAY first: the planner cannot see the per-sku limits
+    and would otherwise join the whole table."""
+    wanted = {sku: n for sku, n in demand.items() if n > 0}
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        """
+        UPDATE codes SET status = 'allocated'
+        WHERE code_id = ANY(ARRAY(
+            SELECT c.code_id FROM unnest($1::text[], $2::int[]) AS d(sku, n)
+            CROSS JOIN LATERAL (
+                SELECT code_id FROM codes
+                WHERE codes.sku = d.sku AND status = 'available'
+                  AND (expires_at IS NULL OR expires_at > now())
+                ORDER BY expires_at ASC NULLS LAST, code_id
+                LIMIT d.n
+                FOR UPDATE SKIP LOCKED) AS c))
+        RETURNING code_id, sku, sealed, expires_at
+        """,
+        list(wanted),
+        list(wanted.values()),
+    )
+    claimed: dict[str, list[Claimed]] = {}
+    for r in sorted(rows, key=lambda r: (r["expires_at"] is None, r["expires_at"], r["code_id"])):
+        claimed.setdefault(r["sku"], []).append(
+            Claimed(r["code_id"], r["sku"], r["sealed"], r["expires_at"])
+        )
+    return claimed
+
+
+async def skus_with_backorders(conn: DbConn, skus: Iterable[str]) -> set[str]:
+    """Skus that already have units waiting: new units must queue behind them (FIFO)."""
+    rows = await conn.fetch(
+        """
+        SELECT s.sku FROM unnest($1::text[]) AS s(sku)
+        WHERE EXISTS (SELECT 1 FROM units u WHERE u.sku = s.sku AND u.code_id IS NULL)
+        """,
+        list(skus),
+    )
+    return {r["sku"] for r in rows}
+
+
+async def insert_units(conn: DbConn, units: Sequence[UnitRow]) -> None:
+    """New units, with their codes where they got one, in arrival order."""
     if not units:
         return
     await conn.execute(
         """
-        INSERT INTO units (order_key, line_no, unit_no, sku)
-        SELECT k, l, u, s FROM unnest($1::text[], $2::int[], $3::int[], $4::text[])
-            WITH ORDINALITY AS t(k, l, u, s, n)
+        INSERT INTO units (order_key, line_no, unit_no, sku, code_id, part)
+        SELECT k, l, u, s, c, p
+        FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::int[])
+            WITH ORDINALITY AS t(k, l, u, s, c, p, n)
         ORDER BY n
         ON CONFLICT DO NOTHING
         """,
-        [u[0] for u in units],
-        [u[1] for u in units],
-        [u[2] for u in units],
-        [u[3] for u in units],
+        [u.order_key for u in units],
+        [u.line_no for u in units],
+        [u.unit_no for u in units],
+        [u.sku for u in units],
+        [u.code.code_id if u.code else None for u in units],
+        [u.part for u in units],
     )
 
 
-async def fill(conn: DbConn, sku: str, limit: int = 10_000) -> list[FilledUnit]:
-    """Give the oldest waiting units of `sku` the earliest-expiring codes; returns the pairs."""
+async def fill_waiting(conn: DbConn, skus: Iterable[str], limit: int = 10_000) -> list[UnitRow]:
+    """Pair the oldest waiting units of `skus` with available codes (backorders, FIFO).
+
+    Returns the pairs; the caller numbers their parts and `assign`s them."""
     waiting = await conn.fetch(
         """
-        SELECT order_key, line_no, unit_no FROM units
-        WHERE sku = $1 AND code_id IS NULL
-        ORDER BY seq LIMIT $2
-        FOR UPDATE SKIP LOCKED
+        SELECT d.sku, w.order_key, w.line_no, w.unit_no
+        FROM unnest($1::text[]) AS d(sku)
+        CROSS JOIN LATERAL (
+            SELECT order_key, line_no, unit_no, seq FROM units
+            WHERE units.sku = d.sku AND code_id IS NULL
+            ORDER BY seq LIMIT $2
+            FOR UPDATE SKIP LOCKED) AS w
+        ORDER BY w.seq
         """,
-        sku,
+        sorted(skus),
         limit,
     )
     if not waiting:
         return []
-    claimed = await conn.fetch(
-        """
-        UPDATE codes SET status = 'allocated'
-        WHERE code_id IN (
-            SELECT code_id FROM codes
-            WHERE sku = $1 AND status = 'available'
-              AND (expires_at IS NULL OR expires_at > now())
-            ORDER BY expires_at ASC NULLS LAST, code_id
-            LIMIT $2
-            FOR UPDATE SKIP LOCKED)
-        RETURNING code_id, sealed, expires_at
-        """,
-        sku,
-        len(waiting),
-    )
-    if not claimed:
-        return []
-    codes = sorted(claimed, key=lambda r: (r["expires_at"] is None, r["expires_at"], r["code_id"]))
-    pairs = list(zip(waiting, codes, strict=False))
+    codes = await claim_codes(conn, Counter(w["sku"] for w in waiting))
+    pending = {sku: iter(found) for sku, found in codes.items()}
+    pairs = []
+    for w in waiting:
+        code = next(pending.get(w["sku"], iter(())), None)
+        if code is not None:
+            pairs.append(UnitRow(w["order_key"], w["line_no"], w["unit_no"], w["sku"], code))
+    return pairs
+
+
+async def assign(conn: DbConn, units: Sequence[UnitRow]) -> None:
+    """Record the codes (and the part that carries them) of units that were waiting."""
     await conn.execute(
         """
-        UPDATE units SET code_id = t.c
-        FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[]) AS t(k, l, u, c)
+        UPDATE units SET code_id = t.c, part = t.p
+        FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[], $5::int[]) AS t(k, l, u, c, p)
         WHERE units.order_key = t.k AND units.line_no = t.l AND units.unit_no = t.u
         """,
-        [w["order_key"] for w, _ in pairs],
-        [w["line_no"] for w, _ in pairs],
-        [w["unit_no"] for w, _ in pairs],
-        [c["code_id"] for _, c in pairs],
+        [u.order_key for u in units],
+        [u.line_no for u in units],
+        [u.unit_no for u in units],
+        [u.code.code_id for u in units if u.code],
+        [u.part for u in units],
     )
-    return [
-        FilledUnit(
-            w["order_key"],
-            w["line_no"],
-            w["unit_no"],
-            sku,
-            c["code_id"],
-            c["sealed"],
-            c["expires_at"],
-        )
-        for w, c in pairs
-    ]
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,10 @@ class BrokerUnavailable(IngestError):
 
     status = 503
     code = "broker_unavailable"
+
+
+class RegistryUnavailable(IngestError):
+    """The store registry could not be read: the platform should retry."""
+
+    status = 503
+    code = "registry_unavailable"

@@ -6,12 +6,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from services.ingest import admin, store_changes
+from services.ingest.openapi import openapi
 from services.ingest.settings import IngestSettings
 from services.ingest.stores import StoreRegistry
-from services.ingest.views import PRODUCER, REGISTRY, SETTINGS, standard_webhook
+from services.ingest.views import PRODUCER, REGISTRY, SETTINGS, webhook
 from shared import runtime
+from shared.admin_auth import admin_guard
 from shared.db import connect_and_migrate, ping
-from shared.events import StoreConfig, event_id_for
 from shared.kafka import make_producer, publish
 
 SQL = Path(__file__).parent / "sql"
@@ -28,28 +30,21 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     await producer.start()
     try:
         registry = StoreRegistry(pool, settings.store_cache_ttl_s)
-        await publish(producer, [_store_config(s) for s in await registry.all()], "ingest")
+        stores = await registry.all()
+        await publish(producer, [store_changes.config_event(s) for s in stores], "ingest")
         rt.app[REGISTRY] = registry
         rt.app[PRODUCER] = producer
         rt.app[SETTINGS] = settings
-        rt.app.router.add_post("/webhooks/standard/{store_id}", standard_webhook)
+        rt.app.middlewares.append(admin_guard(settings.ingest_admin_token.get_secret_value()))
+        rt.app.router.add_post("/webhooks/{platform}/{store_id}", webhook)
+        rt.app.router.add_get("/openapi.json", openapi)
+        rt.app.add_routes(admin.routes)
         rt.add_check("database", lambda: ping(pool))
         rt.add_check("broker", lambda: bool(producer.client.cluster.brokers()))
         yield
     finally:
         await producer.stop()
         await pool.close()
-
-
-def _store_config(store) -> StoreConfig:
-    return StoreConfig(
-        event_id=event_id_for("store.config", store.store_id, store.name, store.channels),
-        store_id=store.store_id,
-        platform=store.platform,
-        name=store.name,
-        locale=store.locale,
-        channels=list(store.channels),
-    )
 
 
 def main() -> int:

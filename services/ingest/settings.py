@@ -1,3 +1,5 @@
+from pydantic import SecretStr
+
 from shared.settings import ServiceSettings
 
 
@@ -7,3 +9,5 @@ class IngestSettings(ServiceSettings):
     # The platform retries a 503; it must get it well inside its own timeout (Shopify: 5 s).
     publish_timeout_s: float = 3.0
     store_cache_ttl_s: float = 5.0
+    # Bearer token for /admin/stores; empty means the store admin API refuses every call.
+    ingest_admin_token: SecretStr = SecretStr("")

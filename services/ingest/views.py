@@ -11,7 +11,6 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from services.ingest import standard
 from services.ingest.errors import (
     BrokerUnavailable,
     IngestError,
@@ -21,6 +20,7 @@ from services.ingest.errors import (
     UnsupportedMediaType,
 )
 from services.ingest.metrics import IN_FLIGHT, PUBLISH_SECONDS, RECEIVED, REJECTED
+from services.ingest.platforms import ADAPTERS, Adapter
 from services.ingest.settings import IngestSettings
 from services.ingest.stores import StoreRegistry
 
@@ -29,30 +29,36 @@ log = logging.getLogger(__name__)
 REGISTRY = web.AppKey("registry", StoreRegistry)
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 SETTINGS = web.AppKey("settings", IngestSettings)
+RETRY_AFTER_S = "5"
 
 
-async def standard_webhook(request: web.Request) -> web.Response:
-    platform = "standard"
+async def webhook(request: web.Request) -> web.Response:
+    """`POST /webhooks/{platform}/{store_id}`: every refusal is a JSON error, never a 5xx
+    except 503 (broker or store registry unavailable), which asks the platform to retry."""
+    adapter = ADAPTERS.get(request.match_info["platform"])
+    platform = adapter.platform if adapter else "unknown"  # bounded label values only
     IN_FLIGHT.inc()
     try:
-        status, body = await _accept(request, platform)
+        if adapter is None:
+            raise UnknownStore("no such platform: " + ", ".join(ADAPTERS) + " are served")
+        status, body = await _accept(request, adapter)
     except IngestError as exc:
         RECEIVED.labels(platform, "rejected").inc()
         REJECTED.labels(platform, exc.code).inc()
-        status, body = exc.status, {"error": exc.code, "detail": exc.detail}
-        if isinstance(exc, BrokerUnavailable):
-            return web.json_response(body, status=status, headers={"Retry-After": "5"})
+        headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
+        return web.json_response(
+            {"error": exc.code, "detail": exc.detail}, status=exc.status, headers=headers
+        )
     finally:
         IN_FLIGHT.dec()
     return web.json_response(body, status=status)
 
 
-async def _accept(request: web.Request, platform: str) -> tuple[int, dict[str, str]]:
+async def _accept(request: web.Request, adapter: Adapter) -> tuple[int, dict[str, str]]:
     settings = request.app[SETTINGS]
+    platform = adapter.platform
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise PayloadTooLarge(f"body over {settings.max_body_bytes} bytes")
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("Content-Type must be application/json")
     store = await request.app[REGISTRY].get(request.match_info["store_id"])
     if store is None or store.platform != platform:
         raise UnknownStore(f"no {platform} store with this id")
@@ -60,26 +66,33 @@ async def _accept(request: web.Request, platform: str) -> tuple[int, dict[str, s
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"body over {settings.max_body_bytes} bytes") from None
-    standard.verify(store.secrets, request.headers, raw)
+    if adapter.is_ping(request.content_type, raw):
+        RECEIVED.labels(platform, "ping").inc()
+        return 200, {"status": "ok"}
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    adapter.verify(store, request.headers, raw)
     try:
         payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedJson("body is not valid JSON") from None
-    event = standard.normalise(store, payload)
+    event = adapter.normalise(store, request.headers, payload)
     if event is None:
         RECEIVED.labels(platform, "ignored").inc()
         return 200, {"status": "ignored"}
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(
-            request.app[PRODUCER].send_and_wait(
+        async with asyncio.timeout(settings.publish_timeout_s):
+            await request.app[PRODUCER].send_and_wait(
                 event.topic, event.to_bytes(), key=event.kafka_key()
-            ),
-            timeout=settings.publish_timeout_s,
-        )
+            )
     except (TimeoutError, KafkaError) as exc:
         log.warning("broker did not acknowledge %s: %r", event.topic, exc)
         raise BrokerUnavailable("the order could not be stored yet; retry later") from None
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     RECEIVED.labels(platform, "accepted").inc()
-    return 202, {"status": "accepted", "event_id": event.event_id, "order_key": event.order_key}
+    return adapter.accepted_status, {
+        "status": "accepted",
+        "event_id": event.event_id,
+        "order_key": event.order_key,
+    }

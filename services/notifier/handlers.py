@@ -1,154 +1,423 @@
-"""Deliver each `code.allocated` part exactly once and report it on `message.sent`."""
+"""Deliver each `code.allocated` part exactly once, failing over between channels and providers.
+
+A part is claimed in `deliveries` before anything is sent, with the allocation itself (codes
+sealed), so it can be resumed after a crash or resent by an operator. Each provider call is an
+attempt recorded 'sending' before and its outcome after (journal.py).
+
+The consumer loop commits offsets per batch. A batch waits for its messages at most `hold_s`;
+a message still retrying after that goes on by itself (it is durable in `deliveries`) and its
+report is published when it finishes, so one slow buyer never holds a whole batch.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Sequence
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential_jitter,
+from aiolimiter import AsyncLimiter
+from prometheus_client import Counter, Histogram
+
+from services.notifier import messages
+from services.notifier.breaker import CircuitBreaker, State
+from services.notifier.journal import Begin, Close, Finish, Journal
+from services.notifier.policy import Route, StoreDirectory, routes
+from services.notifier.providers import Outbound, Provider, ProviderError
+from shared.codecrypt import CodeCipher, CodeDecryptError
+from shared.events import (
+    CodeAllocated,
+    CodeRevoked,
+    Event,
+    MessageFailed,
+    MessageSent,
+    event_id_for,
+    utcnow,
 )
 
-from services.notifier.messages import template_params
-from services.notifier.providers import ProviderError
-from services.notifier.whatsapp import WhatsAppCloud
-from shared.codecrypt import CodeCipher, CodeDecryptError
-from shared.events import CodeAllocated, Event, MessageFailed, MessageSent, event_id_for, utcnow
-
 log = logging.getLogger(__name__)
+
+ATTEMPTS = Counter(
+    "tasleem_notifier_attempts_total",
+    "Provider calls, by provider and outcome",
+    ["provider", "outcome"],
+)
+ACCEPTED_SECONDS = Histogram(
+    "tasleem_notifier_paid_to_accepted_seconds",
+    "From the order's payment to a provider accepting the message",
+    ["channel"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+FINISHED = {"accepted", "delivered", "failed", "revoked"}
+
+
+class Revoked(Exception):
+    """The part was revoked (`code.revoked`) before this attempt could start."""
 
 
 @dataclass
 class Outcome:
     event: CodeAllocated
     attempts: int = 0
+    channel: str | None = None
+    provider: str | None = None
+    to: str = ""
     provider_message_id: str | None = None
     accepted_at: datetime | None = None
+    revoked: bool = False
     reasons: list[str] = field(default_factory=list)
+    attempt_key: str | None = None
 
 
 @dataclass
 class Delivery:
-    """What a delivery needs besides the event: the provider and its policy."""
+    """What a delivery needs besides the event: providers by channel and the policy around them."""
 
-    whatsapp: WhatsAppCloud
+    providers: dict[str, list[Provider]]
     cipher: CodeCipher
-    template: str
     deadline_s: float
     concurrency: asyncio.Semaphore
+    stores: StoreDirectory = field(default_factory=StoreDirectory)
+    whatsapp_template: str = messages.DEFAULT_WHATSAPP_TEMPLATE
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    limiters: dict[str, AsyncLimiter] = field(default_factory=dict)
+    attempts_per_provider: int = 4
+    backoff_s: float = 0.05
+    # None: a batch waits for all its messages (tests, tools); else how long it may wait
+    hold_s: float | None = None
+    on_late: Callable[[list[Event]], Awaitable[None]] | None = None
+    max_inflight: int = 5000
+    # a redelivered part still 'sending' is resumed only once untouched this long (0: at once,
+    # right for a single process; with replicas, longer than a message can take)
+    resume_after_s: float = 0.0
+    inflight: dict[str, asyncio.Task[Event | None]] = field(default_factory=dict)
+    revoked: set[tuple[str, int]] = field(default_factory=set)
+    _journal: Journal | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def journal(self, pool: asyncpg.Pool) -> Journal:
+        if self._journal is None or self._journal.pool is not pool:
+            self._journal = Journal(pool)
+        return self._journal
+
+    def breaker(self, provider: str) -> CircuitBreaker:
+        if provider not in self.breakers:
+            self.breakers[provider] = CircuitBreaker(provider)
+        return self.breakers[provider]
+
+    def is_revoked(self, event: CodeAllocated) -> bool:
+        return (event.order_key, event.part) in self.revoked or (
+            event.order_key,
+            0,
+        ) in self.revoked
+
+    def start(
+        self, coro: Awaitable[Event | None], allocation_event_id: str
+    ) -> asyncio.Task[Event | None]:
+        task: asyncio.Task[Event | None] = asyncio.ensure_future(coro)
+        self.inflight[allocation_event_id] = task
+        task.add_done_callback(lambda _: self.inflight.pop(allocation_event_id, None))
+        return task
+
+    def publish_later(self, task: asyncio.Task[Event | None]) -> None:
+        """Publish a message's report when it finishes, after its batch was committed."""
+
+        def done(t: asyncio.Task[Event | None]) -> None:
+            if t.cancelled():
+                return
+            if t.exception() is not None:
+                # the part stays 'sending' in the journal: the resume sweep picks it up
+                log.error("a delivery failed outside its batch: %r", t.exception())
+                return
+            report = t.result()
+            if report is not None and self.on_late is not None:
+                publishing = asyncio.ensure_future(self.on_late([report]))
+                self._background.add(publishing)
+                publishing.add_done_callback(self._background.discard)
+
+        task.add_done_callback(done)
 
 
 async def deliver(
     batch: Sequence[CodeAllocated], pool: asyncpg.Pool, delivery: Delivery
 ) -> list[Event]:
-    """Send every part not yet accepted; returns the `message.sent` / `message.failed` events."""
+    """Send every part not yet sent; returns the `message.sent` / `message.failed` events
+    of the parts finished within the batch's hold (the rest are published as they finish)."""
     batch = list({e.event_id: e for e in batch}.values())
-    done = await _claim(pool, batch)
-    to_send = [e for e in batch if e.event_id not in done]
-    outcomes = await asyncio.gather(*(_send(e, delivery) for e in to_send))
-    await _record(pool, outcomes)
-    events: list[Event] = [_report(o) for o in outcomes]
-    events.extend(done.values())
+    # Backpressure: parts still retrying from earlier batches count against the intake, so a
+    # slow provider slows consumption instead of piling up unbounded work in memory.
+    while len(delivery.inflight) + len(batch) > delivery.max_inflight and delivery.inflight:
+        await asyncio.wait(list(delivery.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+    claimed, existing = await _claim(pool, batch)
+    events: list[Event] = []
+    tasks = []
+    for event in batch:
+        if event.event_id in claimed:
+            tasks.append(delivery.start(send_part(event, pool, delivery), event.event_id))
+            continue
+        row = existing[event.event_id]
+        if row["status"] in FINISHED:
+            if (report := report_row(row)) is not None:
+                events.append(report)  # a redelivery: the stored report, not a second message
+        elif event.event_id not in delivery.inflight and _stale(row, delivery.resume_after_s):
+            # left unfinished by a crash (or a failed batch): resolve and go on
+            tasks.append(delivery.start(resume(event, pool, delivery), event.event_id))
+        # else another replica may still be sending it (a rebalance moved the partition):
+        # the resume sweep takes it over if it stays unfinished
+    if not tasks:
+        return events
+    if delivery.hold_s is None:
+        results = await asyncio.gather(*tasks)
+        return events + [r for r in results if r is not None]
+    done, pending = await asyncio.wait(tasks, timeout=delivery.hold_s)
+    for task in pending:
+        delivery.publish_later(task)
+    for task in done:
+        if (result := task.result()) is not None:  # re-raises: the batch is retried
+            events.append(result)
     return events
 
 
-async def _claim(pool: asyncpg.Pool, batch: Sequence[CodeAllocated]) -> dict[str, Event]:
-    """Mark parts 'sending'; returns the report of parts already finished (a redelivery)."""
+def _stale(row: asyncpg.Record, after_s: float) -> bool:
+    if after_s <= 0:
+        return True
+    return bool((utcnow() - row["updated_at"]).total_seconds() >= after_s)
+
+
+async def _claim(
+    pool: asyncpg.Pool, batch: Sequence[CodeAllocated]
+) -> tuple[set[str], dict[str, asyncpg.Record]]:
+    """Insert new parts 'pending' (or 'revoked' when a revocation came first)."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
+        claimed = await conn.fetch(
             """
             INSERT INTO deliveries
-                (allocation_event_id, order_key, part, status, code_count, paid_at)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[],
-                                 $6::timestamptz[])
+                (allocation_event_id, order_key, part, status, code_count, paid_at, event)
+            SELECT t.id, t.order_key, t.part,
+                   CASE WHEN EXISTS (SELECT 1 FROM revocations r WHERE r.order_key = t.order_key
+                                     AND r.part IN (0, t.part)) THEN 'revoked' ELSE 'pending' END,
+                   t.code_count, t.paid_at, t.event
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::timestamptz[],
+                        $6::jsonb[]) AS t(id, order_key, part, code_count, paid_at, event)
             ON CONFLICT DO NOTHING
+            RETURNING allocation_event_id, status
             """,
             [e.event_id for e in batch],
             [e.order_key for e in batch],
             [e.part for e in batch],
-            ["sending"] * len(batch),
             [len(e.codes) for e in batch],
             [e.paid_at for e in batch],
+            [e.model_dump_json() for e in batch],
         )
+        fresh = {r["allocation_event_id"] for r in claimed if r["status"] == "pending"}
         rows = await conn.fetch(
-            """
-            SELECT * FROM deliveries
-            WHERE allocation_event_id = ANY($1::text[]) AND status <> 'sending'
-            """,
-            [e.event_id for e in batch],
+            "SELECT * FROM deliveries WHERE allocation_event_id = ANY($1::text[])",
+            [e.event_id for e in batch if e.event_id not in fresh],
         )
-    # A part left 'sending' by a crash is sent again: WhatsApp offers no lookup by our key,
-    # so the window between its acceptance and our update is at-least-once.
-    return {r["allocation_event_id"]: _report_row(r) for r in rows}
+    return fresh, {r["allocation_event_id"]: r for r in rows}
 
 
-async def _send(event: CodeAllocated, delivery: Delivery) -> Outcome:
+async def resume(event: CodeAllocated, pool: asyncpg.Pool, delivery: Delivery) -> Event | None:
+    """Finish a part a crash left unfinished, without a second message where the provider can
+    tell: Unifonic answers a repeated CorrelationID with ER-09, so its attempt is repeated with
+    the same key. WhatsApp, Twilio and SES have no lookup by our key: an attempt they may have
+    accepted just before the crash is sent again (the at-least-once window)."""
+    last = await pool.fetchrow(
+        """
+        SELECT key, channel, provider FROM attempts
+        WHERE allocation_event_id = $1 AND status = 'sending' AND purpose = 'delivery'
+        ORDER BY started_at DESC LIMIT 1
+        """,
+        event.event_id,
+    )
+    if last is not None and last["provider"] != "unifonic":
+        await delivery.journal(pool).finish(
+            Finish(last["key"], "unknown", None, "interrupted; the provider has no lookup")
+        )
+        log.warning(
+            "%s part %d: an attempt on %s was interrupted; sending again",
+            event.order_key,
+            event.part,
+            last["provider"],
+        )
+        last = None
+    return await send_part(event, pool, delivery, resume_from=last)
+
+
+async def send_part(
+    event: CodeAllocated,
+    pool: asyncpg.Pool,
+    delivery: Delivery,
+    *,
+    after: tuple[str, str] | None = None,
+    resume_from: asyncpg.Record | None = None,
+) -> Event | None:
+    """Try each route in turn until one provider accepts; record and report the outcome."""
     outcome = Outcome(event)
-    phone = event.customer.phone
-    if not phone:
-        outcome.reasons.append("whatsapp: the buyer has no phone number")
-        return outcome
+    journal = delivery.journal(pool)
+    store = delivery.stores.get(event.store_id)
+    candidates = routes(event, store, delivery.providers)
+    if after is not None:
+        names = [(r.channel, r.provider.name) for r in candidates]
+        candidates = candidates[names.index(after) + 1 :] if after in names else []
+    first_key = None
+    if resume_from is not None:
+        first_key = resume_from["key"]
+        again = [r for r in candidates if r.provider.name == resume_from["provider"]]
+        candidates = again[:1] + [r for r in candidates if r not in again[:1]]
+    if not candidates:
+        outcome.reasons.append("no channel reaches the buyer (no phone, no email)")
+    content: messages.Content | None = None
     try:
-        params = template_params(event, delivery.cipher)
+        content = messages.content(event, delivery.cipher, store)
     except CodeDecryptError as exc:
         outcome.reasons.append(f"codes do not decrypt: {exc}")
-        return outcome
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retriable),
-        wait=wait_exponential_jitter(multiplier=0.1, jitter=0.1, max=5),
-        stop=stop_after_delay(delivery.deadline_s),
-        reraise=True,
-    )
-    try:
-        async for attempt in retrying:
-            with attempt:
-                outcome.attempts += 1
-                async with delivery.concurrency:
-                    outcome.provider_message_id = await delivery.whatsapp.send_template(
-                        phone, delivery.template, event.customer.locale, params
-                    )
-                    outcome.accepted_at = utcnow()
-    except ProviderError as exc:
-        outcome.reasons.append(str(exc))
-        log.warning("delivery of %s part %d failed: %s", event.order_key, event.part, exc)
-    return outcome
+    deadline = asyncio.get_running_loop().time() + delivery.deadline_s
+    for route in candidates:
+        if content is None:
+            break
+        if delivery.is_revoked(event):
+            outcome.revoked = True
+            break
+        breaker = delivery.breaker(route.provider.name)
+        if not breaker.allow():
+            outcome.reasons.append(f"{route.provider.name}: skipped, circuit open")
+            continue
+        message = messages.outbound(
+            content, route.channel, route.to, "", store, delivery.whatsapp_template
+        )
+        try:
+            await try_provider(
+                route, message, event, journal, delivery, outcome, deadline, first_key
+            )
+            break
+        except Revoked:
+            outcome.revoked = True
+            break
+        except ProviderError as exc:
+            outcome.reasons.append(str(exc))
+        first_key = None
+    return await _close(outcome, journal)
 
 
-async def _record(pool: asyncpg.Pool, outcomes: Sequence[Outcome]) -> None:
-    if not outcomes:
+async def try_provider(
+    route: Route,
+    message: Outbound,
+    event: CodeAllocated,
+    journal: Journal,
+    delivery: Delivery,
+    outcome: Outcome,
+    deadline: float,
+    first_key: str | None,
+    purpose: str = "delivery",
+) -> None:
+    """One provider, retried with backoff and jitter while it is retriable, the circuit is
+    closed and the message's deadline allows."""
+    provider = route.provider
+    breaker = delivery.breaker(provider.name)
+    clock = asyncio.get_running_loop().time
+    # A plain loop rather than tenacity's AsyncRetrying: this runs for every message and
+    # tenacity's per-call set-up cost a measurable share of the notifier's CPU (see bench).
+    for number in range(delivery.attempts_per_provider):
+        key = first_key or uuid.uuid4().hex
+        first_key = None
+        try:
+            mid = await _attempt(route, message, event, key, journal, delivery, outcome, purpose)
+        except ProviderError as exc:
+            delay = min(delivery.backoff_s * 2**number, 2.0) + random.uniform(0, delivery.backoff_s)
+            last = number + 1 == delivery.attempts_per_provider
+            if not exc.retriable or breaker.state is not State.CLOSED or last:
+                raise
+            if clock() + delay >= deadline:
+                raise
+            await asyncio.sleep(delay)
+            continue
+        outcome.channel, outcome.provider, outcome.to = route.channel, provider.name, route.to
+        outcome.provider_message_id, outcome.accepted_at = mid, utcnow()
         return
-    await pool.execute(
-        """
-        UPDATE deliveries d SET
-            status = CASE WHEN t.mid IS NULL THEN 'failed' ELSE 'accepted' END,
-            channel = 'whatsapp', provider = 'whatsapp', provider_message_id = t.mid,
-            recipient = t.recipient, attempts = d.attempts + t.attempts, reasons = t.reasons,
-            accepted_at = t.accepted_at
-        FROM (SELECT unnest($1::text[]) AS id, unnest($2::text[]) AS mid,
-                     unnest($3::text[]) AS recipient, unnest($4::int[]) AS attempts,
-                     string_to_array(unnest($5::text[]), chr(31)) AS reasons,
-                     unnest($6::timestamptz[]) AS accepted_at) t
-        WHERE d.allocation_event_id = t.id
-        """,
-        [o.event.event_id for o in outcomes],
-        [o.provider_message_id for o in outcomes],
-        [o.event.customer.phone or "" for o in outcomes],
-        [o.attempts for o in outcomes],
-        [chr(31).join(o.reasons) for o in outcomes],
-        [o.accepted_at for o in outcomes],
+
+
+async def _attempt(
+    route: Route,
+    message: Outbound,
+    event: CodeAllocated,
+    key: str,
+    journal: Journal,
+    delivery: Delivery,
+    outcome: Outcome,
+    purpose: str,
+) -> str:
+    """One provider call, journalled 'sending' before and with its outcome after."""
+    provider = route.provider
+    breaker = delivery.breaker(provider.name)
+    limiter = delivery.limiters.get(provider.name)
+    async with delivery.concurrency:
+        if limiter is not None:
+            await limiter.acquire()
+        if purpose == "delivery" and delivery.is_revoked(event):
+            raise Revoked()
+        begun = Begin(event.event_id, key, route.channel, provider.name, route.to, purpose)
+        if not await journal.begin(begun):
+            raise Revoked()
+        outcome.attempts += 1
+        try:
+            mid = await provider.send(dataclasses.replace(message, key=key))
+        except ProviderError as exc:
+            ATTEMPTS.labels(provider.name, exc.kind).inc()
+            if exc.kind in ("unavailable", "rejected"):
+                breaker.failure()
+            elif exc.kind == "recipient":
+                breaker.success()  # it answered: the provider is healthy
+            await journal.finish(Finish(key, "failed", None, str(exc)))
+            raise
+    ATTEMPTS.labels(provider.name, "accepted").inc()
+    breaker.success()
+    if purpose == "delivery":
+        outcome.attempt_key = key  # recorded with the part's outcome, in the same statement
+    else:
+        await journal.finish(Finish(key, "accepted", mid, None))
+    return mid
+
+
+async def _close(outcome: Outcome, journal: Journal) -> Event | None:
+    event = outcome.event
+    accepted = outcome.provider_message_id is not None
+    if outcome.revoked and not accepted:
+        log.info("%s part %d revoked before sending", event.order_key, event.part)
+        return None
+    closed = await journal.close(
+        Close(
+            event.event_id,
+            "accepted" if accepted else "failed",
+            outcome.channel,
+            outcome.provider,
+            outcome.provider_message_id,
+            outcome.to or event.customer.phone or event.customer.email or "",
+            outcome.attempts,
+            outcome.reasons,
+            outcome.accepted_at,
+            outcome.attempt_key,
+        )
     )
+    if not closed and not accepted:
+        return None  # revoked meanwhile: nothing was sent, nothing to report
+    return report(outcome)
 
 
-def _report(outcome: Outcome) -> Event:
+def report(outcome: Outcome) -> Event:
     event = outcome.event
     if outcome.provider_message_id is None or outcome.accepted_at is None:
+        log.warning(
+            "%s part %d failed on every channel: %s",
+            event.order_key,
+            event.part,
+            "; ".join(outcome.reasons),
+        )
         return MessageFailed(
             event_id=event_id_for("message.failed", event.event_id),
             order_key=event.order_key,
@@ -157,24 +426,29 @@ def _report(outcome: Outcome) -> Event:
             reasons=outcome.reasons,
             failed_at=utcnow(),
         )
+    latency = (outcome.accepted_at - event.paid_at).total_seconds()
+    ACCEPTED_SECONDS.labels(outcome.channel or "").observe(latency)
     return MessageSent(
-        event_id=event_id_for("message.sent", event.event_id),
+        event_id=event_id_for("message.sent", event.event_id, outcome.provider_message_id),
         order_key=event.order_key,
         part=event.part,
         allocation_event_id=event.event_id,
-        channel="whatsapp",
-        provider="whatsapp",
+        channel=outcome.channel or "",
+        provider=outcome.provider or "",
         provider_message_id=outcome.provider_message_id,
-        to=event.customer.phone or "",
+        to=outcome.to,
         attempts=outcome.attempts,
         code_count=len(event.codes),
         paid_at=event.paid_at,
         accepted_at=outcome.accepted_at,
-        paid_to_accepted_ms=(outcome.accepted_at - event.paid_at).total_seconds() * 1000,
+        paid_to_accepted_ms=latency * 1000,
     )
 
 
-def _report_row(row: asyncpg.Record) -> Event:
+def report_row(row: asyncpg.Record) -> Event | None:
+    """The report of a finished part, rebuilt from its row (revoked parts have none)."""
+    if row["status"] == "revoked" and row["accepted_at"] is None:
+        return None
     if row["status"] == "failed":
         return MessageFailed(
             event_id=event_id_for("message.failed", row["allocation_event_id"]),
@@ -182,10 +456,12 @@ def _report_row(row: asyncpg.Record) -> Event:
             part=row["part"],
             allocation_event_id=row["allocation_event_id"],
             reasons=list(row["reasons"]),
-            failed_at=utcnow(),
+            failed_at=row["updated_at"],
         )
     return MessageSent(
-        event_id=event_id_for("message.sent", row["allocation_event_id"]),
+        event_id=event_id_for(
+            "message.sent", row["allocation_event_id"], row["provider_message_id"]
+        ),
         order_key=row["order_key"],
         part=row["part"],
         allocation_event_id=row["allocation_event_id"],
@@ -199,3 +475,31 @@ def _report_row(row: asyncpg.Record) -> Event:
         accepted_at=row["accepted_at"],
         paid_to_accepted_ms=(row["accepted_at"] - row["paid_at"]).total_seconds() * 1000,
     )
+
+
+async def revoke(batch: Sequence[CodeRevoked], pool: asyncpg.Pool, delivery: Delivery) -> None:
+    """Honour `code.revoked`: a part not yet sent is never sent (remembered even when the
+    revocation arrives before the allocation)."""
+    keys = [(e.order_key, part) for e in batch for part in (e.parts or [0])]
+    reasons = [e.reason for e in batch for _ in (e.parts or [0])]
+    delivery.revoked.update(keys)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO revocations (order_key, part, reason)
+            SELECT * FROM unnest($1::text[], $2::int[], $3::text[]) ON CONFLICT DO NOTHING
+            """,
+            [k for k, _ in keys],
+            [p for _, p in keys],
+            reasons,
+        )
+        await conn.execute(
+            """
+            UPDATE deliveries d SET status = 'revoked', updated_at = now()
+            FROM unnest($1::text[], $2::int[]) AS t(order_key, part)
+            WHERE d.order_key = t.order_key AND t.part IN (0, d.part)
+              AND d.status IN ('pending', 'sending')
+            """,
+            [k for k, _ in keys],
+            [p for _, p in keys],
+        )

@@ -1,25 +1,156 @@
-"""The notifier: `code.allocated` in, a message to the buyer, `message.sent` out."""
+"""The notifier: `code.allocated` in, a message to the buyer, `message.sent` out.
+
+This module is the only one that builds real provider adapters.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
+import asyncpg
+from aiolimiter import AsyncLimiter
 
-from services.notifier.handlers import Delivery, deliver
+from services.notifier import admin, receipts
+from services.notifier.breaker import CircuitBreaker
+from services.notifier.email import SesEmail
+from services.notifier.handlers import Delivery, deliver, resume, revoke
+from services.notifier.journal import Coalescer
+from services.notifier.policy import StoreDirectory
+from services.notifier.providers import Provider
 from services.notifier.settings import NotifierSettings
+from services.notifier.sms import Twilio, Unifonic
 from services.notifier.whatsapp import WhatsAppCloud
 from shared import runtime
+from shared.admin_auth import admin_guard
 from shared.codecrypt import CodeCipher
 from shared.db import RETRIABLE_DB_ERRORS, connect_and_migrate, ping
-from shared.events import CodeAllocated
+from shared.events import CodeAllocated, CodeRevoked, Event
 from shared.kafka import ConsumerLoop, make_producer, publish
 
 SQL = Path(__file__).parent / "sql"
 SERVICE = "notifier"
+RETRY_SWEEP: tuple[type[BaseException], ...] = (OSError, *RETRIABLE_DB_ERRORS)
+log = logging.getLogger(__name__)
+
+
+def public_url(settings: NotifierSettings) -> str:
+    return (
+        settings.notifier_public_url or f"http://{settings.admin_host}:{settings.admin_port}"
+    ).rstrip("/")
+
+
+def build_providers(
+    settings: NotifierSettings, session: aiohttp.ClientSession
+) -> dict[str, list[Provider]]:
+    """The providers whose credentials are configured, by channel, in default order."""
+    found: dict[str, list[Provider]] = {"whatsapp": [], "sms": [], "email": []}
+    if settings.whatsapp_token.get_secret_value():
+        found["whatsapp"].append(
+            WhatsAppCloud(
+                session,
+                settings.whatsapp_base_url,
+                settings.whatsapp_api_version,
+                settings.whatsapp_token.get_secret_value(),
+                settings.whatsapp_phone_number_id,
+            )
+        )
+    if settings.unifonic_app_sid.get_secret_value():
+        found["sms"].append(
+            Unifonic(
+                session,
+                settings.unifonic_base_url,
+                settings.unifonic_app_sid.get_secret_value(),
+                settings.unifonic_sender,
+            )
+        )
+    if settings.twilio_account_sid:
+        found["sms"].append(
+            Twilio(
+                session,
+                settings.twilio_base_url,
+                settings.twilio_account_sid,
+                settings.twilio_auth_token.get_secret_value(),
+                settings.twilio_from,
+                status_callback=f"{public_url(settings)}/webhooks/twilio",
+            )
+        )
+    if settings.ses_access_key:
+        found["email"].append(
+            SesEmail(
+                session,
+                settings.ses_base_url,
+                settings.ses_sender,
+                settings.ses_access_key,
+                settings.ses_secret_key.get_secret_value(),
+                settings.ses_region,
+            )
+        )
+    return {channel: providers for channel, providers in found.items() if providers}
+
+
+def rate_limiter(per_second: float) -> AsyncLimiter:
+    """At most `per_second` on average, in bursts of at most a tenth of a second's worth."""
+    burst = max(1.0, per_second / 10)
+    return AsyncLimiter(burst, burst / per_second)
+
+
+def build_delivery(
+    settings: NotifierSettings,
+    providers: dict[str, list[Provider]],
+    cipher: CodeCipher,
+    stores: StoreDirectory,
+) -> Delivery:
+    rates = {
+        "whatsapp": settings.whatsapp_rate_per_s,
+        "unifonic": settings.unifonic_rate_per_s,
+        "twilio": settings.twilio_rate_per_s,
+        "email": settings.ses_rate_per_s,
+    }
+    names = [p.name for channel in providers.values() for p in channel]
+    return Delivery(
+        providers=providers,
+        cipher=cipher,
+        deadline_s=settings.message_deadline_s,
+        concurrency=asyncio.Semaphore(settings.max_concurrent_sends),
+        stores=stores,
+        whatsapp_template=settings.whatsapp_template,
+        breakers={
+            name: CircuitBreaker(name, settings.breaker_threshold, settings.breaker_cooldown_s)
+            for name in names
+        },
+        limiters={name: rate_limiter(rates[name]) for name in names if name in rates},
+        attempts_per_provider=settings.attempts_per_provider,
+        hold_s=settings.batch_hold_s,
+        resume_after_s=settings.resume_after_s,
+    )
+
+
+async def sweep(pool: asyncpg.Pool, delivery: Delivery, older_than_s: float) -> int:
+    """Resume parts left unfinished (a crash after their batch was committed)."""
+    rows = await pool.fetch(
+        """
+        SELECT event FROM deliveries
+        WHERE status IN ('pending', 'sending') AND event IS NOT NULL
+          AND updated_at < now() - make_interval(secs => $1)
+        ORDER BY created_at LIMIT 500
+        """,
+        older_than_s,
+    )
+    started = 0
+    for row in rows:
+        event = CodeAllocated.model_validate_json(row["event"])
+        if event.event_id in delivery.inflight:
+            continue
+        delivery.publish_later(delivery.start(resume(event, pool, delivery), event.event_id))
+        started += 1
+    if started:
+        log.warning("resuming %d unfinished deliveries", started)
+    return started
 
 
 @contextlib.asynccontextmanager
@@ -36,23 +167,30 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
         connector=aiohttp.TCPConnector(limit=settings.max_concurrent_sends),
     )
+    stores = StoreDirectory()
+    delivery = build_delivery(settings, build_providers(settings, session), cipher, stores)
     try:
-        delivery = Delivery(
-            whatsapp=WhatsAppCloud(
-                session,
-                settings.whatsapp_base_url,
-                settings.whatsapp_api_version,
-                settings.whatsapp_token.get_secret_value(),
-                settings.whatsapp_phone_number_id,
-            ),
-            cipher=cipher,
-            template=settings.whatsapp_template,
-            deadline_s=settings.message_deadline_s,
-            concurrency=asyncio.Semaphore(settings.max_concurrent_sends),
-        )
+
+        async def publish_events(events: list[Event]) -> None:
+            await publish(producer, events, SERVICE)
+
+        async def publish_batch(reports: list[Event]) -> list[None]:
+            await publish_events(reports)
+            return [None] * len(reports)
+
+        # reports of parts that outlived their batch's hold, published together as they finish
+        late_reports: Coalescer[Event, None] = Coalescer(publish_batch)
+
+        async def publish_late(events: list[Event]) -> None:
+            await asyncio.gather(*(late_reports.submit(e) for e in events))
+
+        delivery.on_late = publish_late
 
         async def on_allocated(batch: Sequence[CodeAllocated]) -> None:
             await publish(producer, await deliver(batch, pool, delivery), SERVICE)
+
+        async def on_revoked(batch: Sequence[CodeRevoked]) -> None:
+            await revoke(batch, pool, delivery)
 
         loop = ConsumerLoop(
             service=SERVICE,
@@ -60,16 +198,57 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
             group_id=settings.consumer_group,
             producer=producer,
             retriable=RETRIABLE_DB_ERRORS,
-            handlers={CodeAllocated.topic: on_allocated},
+            handlers={CodeAllocated.topic: on_allocated, CodeRevoked.topic: on_revoked},
         )
+        stopping = asyncio.Event()
+
+        async def sweeper() -> None:
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), min(settings.resume_after_s / 4, 15))
+                if not stopping.is_set():
+                    try:
+                        await sweep(pool, delivery, settings.resume_after_s)
+                    except RETRY_SWEEP as exc:
+                        log.warning("resume sweep failed: %r", exc)
+
         rt.add_worker("consumer", loop.run, loop.stop)
+        rt.add_worker("store-config", lambda: stores.follow(settings.kafka_bootstrap), stores.stop)
+        rt.add_worker("sweeper", sweeper, stopping.set)
         rt.add_check("consumer", lambda: loop.ready)
         rt.add_check("database", lambda: ping(pool))
+        rt.app.middlewares.append(admin_guard(settings.notifier_admin_token.get_secret_value()))
+        rt.app.add_routes(admin.routes(pool, delivery, publish_events))
+        rt.app.add_routes(
+            receipts.routes(
+                pool,
+                delivery,
+                receipts.ReceiptSecrets(
+                    whatsapp_app_secret=settings.whatsapp_app_secret.get_secret_value(),
+                    whatsapp_verify_token=settings.whatsapp_verify_token.get_secret_value(),
+                    twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
+                    twilio_callback_url=f"{public_url(settings)}/webhooks/twilio",
+                    unifonic_token=settings.unifonic_receipt_token.get_secret_value(),
+                ),
+            )
+        )
         yield
     finally:
+        await drain(delivery, settings.shutdown_grace_s)
         await session.close()
         await producer.stop()
         await pool.close()
+
+
+async def drain(delivery: Delivery, grace_s: float) -> None:
+    """Let messages in flight finish; what is cut off stays 'sending' and is resumed later."""
+    pending = list(delivery.inflight.values())
+    if not pending:
+        return
+    _, late = await asyncio.wait(pending, timeout=grace_s)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
 
 
 def main() -> int:

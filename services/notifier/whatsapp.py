@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
-from services.notifier.providers import ProviderError
+from services.notifier.providers import (
+    TRANSPORT_ERRORS,
+    Failure,
+    Outbound,
+    ProviderError,
+    transport_error,
+)
 
-# Error codes worth retrying: throughput limits and service unavailability.
-RETRIABLE_CODES = {2, 4, 80007, 130429, 131016, 131056, 133004}
+BUSY_CODES = {4, 80007, 130429, 131056}
+UNAVAILABLE_CODES = {1, 2, 131000, 131016, 133004}
+# not on WhatsApp, re-engagement window, user blocked us / experiment, recipient invalid
+RECIPIENT_CODES = {131026, 131047, 131049, 131050, 131030, 131021}
+
+
+def classify(status: int, code: Any) -> Failure:
+    if code in BUSY_CODES or status == 429:
+        return "busy"
+    if code in RECIPIENT_CODES:
+        return "recipient"
+    if code in UNAVAILABLE_CODES or status >= 500:
+        return "unavailable"
+    return "rejected"
 
 
 class WhatsAppCloud:
@@ -25,6 +45,11 @@ class WhatsAppCloud:
         self.session = session
         self.url = f"{base_url.rstrip('/')}/v{api_version}/{phone_number_id}/messages"
         self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def send(self, message: Outbound) -> str:
+        return await self.send_template(
+            message.to, message.template, message.locale, message.params
+        )
 
     async def send_template(self, to: str, template: str, language: str, params: list[str]) -> str:
         """Send a template message; returns the `wamid` (accepted, not yet delivered)."""
@@ -44,16 +69,13 @@ class WhatsAppCloud:
             async with self.session.post(self.url, json=body, headers=self.headers) as resp:
                 payload = await resp.json(content_type=None)
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise ProviderError(
-                self.name, "transport", type(exc).__name__, retriable=True
-            ) from None
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(self.name, exc) from None
         if status == 200 and isinstance(payload, dict) and payload.get("messages"):
             return str(payload["messages"][0]["id"])
         error = payload.get("error", {}) if isinstance(payload, dict) else {}
         code = error.get("code")
-        retriable = status >= 500 or status == 429 or code in RETRIABLE_CODES
         # the provider's message never includes the template parameters, so it is safe to keep
         raise ProviderError(
-            self.name, str(code or status), str(error.get("message", "")), retriable
+            self.name, str(code or status), str(error.get("message", "")), classify(status, code)
         )

@@ -1,72 +1,156 @@
-"""When to buy, and how much: a pure function of a sku's state, so it is easy to test.
+"""When to buy, how much, and from whom: pure functions of a sku's state, easy to test.
 
-A purchase is "in flight" from the moment it is decided until the vault's cumulative
-`received_total` shows its codes. Its client reference is derived from the state
-(`{sku}-{expected received_total}`), so resuming it after a crash reuses the reference and the
-supplier cannot charge twice.
+The sales rate is an exponentially weighted rate over event time (`InventoryLevel.at`), so it
+follows a surge within about one `rate_window_s` and forgets it as quickly. A purchase is in
+flight from the moment it is decided until the vault's cumulative `received_total` shows its
+codes. Its client reference is `{sku}-{expected received_total}`, so resuming it after a crash
+reuses the reference and the supplier cannot charge twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+
+from pydantic import BaseModel
 
 from shared.events import InventoryLevel
 
 
-@dataclass
-class SkuState:
+class Purchase(BaseModel):
+    """A purchase in flight. Written to the table before any supplier hears of it."""
+
+    reference: str
+    quantity: int
+    base_total: int  # the vault's received_total when it was decided
+    expected_total: int  # ... and once its codes are in
+    decided_at: float
+    supplier: str | None = None  # the supplier it is being bought from now
+    sent: bool = False  # an order may exist at `supplier` under `reference`: look it up first
+    tried: list[str] = []  # suppliers that said no to it (this round)
+    failures: int = 0
+    next_try_at: float = 0.0
+    unit_price: str | None = None
+    reserved: str = "0"  # spend reserved against the store's daily cap
+    reserved_day: str = ""
+    status: str = "routing"  # routing, ordering, pending, retrying, blocked, published
+    published_at: float = 0.0
+    republished: bool = False
+    last_error: str = ""
+
+
+class SkuState(BaseModel):
     available: int = 0
     backordered: int = 0
     received_total: int = 0
-    pending_reference: str | None = None
-    pending_quantity: int = 0
-    pending_expected_total: int = 0
-    pending_since: float = 0.0
+    rate: float = 0.0  # units sold per second, exponentially weighted
+    rate_at: float = 0.0  # event time of the last level folded in
+    purchase: Purchase | None = None
+    spend: dict[str, str] = {}  # UTC day -> amount reserved or spent for this sku
+    alert: str = ""  # why no supplier can restock it now; empty when all is well
+    purchases: int = 0
+    bought: int = 0
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, object] | None) -> SkuState:
-        return cls(**data) if data else cls()  # type: ignore[arg-type]
+        return cls.model_validate(data) if data else cls()
+
+    def spent(self, day: str) -> Decimal:
+        return Decimal(self.spend.get(day, "0"))
 
 
 @dataclass(frozen=True)
 class Policy:
-    reorder_point: int
-    order_quantity: int
-    resume_after_s: float
+    reorder_floor: int = 20  # never let the reorder point fall below this
+    min_order: int = 100
+    max_order: int = 1000  # backorders may exceed it: missing units are always bought
+    safety_factor: float = 1.5
+    target_cover_s: float = 3600.0  # an order brings stock up to this much of sales
+    rate_window_s: float = 300.0
+    lead_time_s: float = 30.0  # of the supplier tried first
+
+    def reorder_point(self, rate: float) -> int:
+        return max(self.reorder_floor, math.ceil(rate * self.lead_time_s * self.safety_factor))
 
 
-@dataclass(frozen=True)
-class Purchase:
-    reference: str
-    quantity: int
-
-
-def observe(state: SkuState, level: InventoryLevel) -> None:
+def observe(state: SkuState, level: InventoryLevel, policy: Policy) -> None:
     """Fold an inventory level into the state; a landed purchase stops being in flight."""
-    state.available = level.available
-    state.backordered = level.backordered
     state.received_total = max(state.received_total, level.received_total)
-    if state.pending_reference and state.received_total >= state.pending_expected_total:
-        state.pending_reference = None
-        state.pending_quantity = 0
+    at = level.at.timestamp()
+    if at > state.rate_at:  # an older level (a redelivery) neither moves stock nor counts twice
+        if state.rate_at:
+            state.rate *= math.exp(-(at - state.rate_at) / policy.rate_window_s)
+        # demand, not sales: units that found no code (new backorders) were wanted too
+        demand = max(0, level.sold_since_last + level.backordered - state.backordered)
+        state.rate += demand / policy.rate_window_s
+        state.rate_at = at
+        state.available = level.available
+        state.backordered = level.backordered
+    purchase = state.purchase
+    if purchase and state.received_total >= purchase.expected_total:
+        state.purchase = None
 
 
 def decide(state: SkuState, sku: str, policy: Policy, now: float) -> Purchase | None:
-    """The purchase to make now (new, or an in-flight one to resume), or None."""
-    if state.pending_reference:
-        if now - state.pending_since >= policy.resume_after_s:
-            state.pending_since = now
-            return Purchase(state.pending_reference, state.pending_quantity)
+    """A new purchase to make now (also recorded in the state), or None."""
+    if state.purchase is not None:
+        return None  # one purchase in flight per sku: it is resumed, never doubled
+    position = state.available - state.backordered
+    reorder_point = policy.reorder_point(state.rate)
+    if position >= reorder_point:
         return None
-    cover = state.available - state.backordered
-    if cover >= policy.reorder_point:
+    wanted = math.ceil(state.rate * policy.target_cover_s) + reorder_point - position
+    quantity = max(min(max(wanted, policy.min_order), policy.max_order), state.backordered)
+    expected = state.received_total + quantity
+    state.purchase = Purchase(
+        reference=f"{sku}-{expected}",
+        quantity=quantity,
+        base_total=state.received_total,
+        expected_total=expected,
+        decided_at=now,
+    )
+    return state.purchase
+
+
+def resize(purchase: Purchase, sku: str, quantity: int) -> None:
+    """Buy fewer (to stay under a spend cap); only before any supplier has the order."""
+    assert not purchase.sent
+    purchase.quantity = quantity
+    purchase.expected_total = purchase.base_total + quantity
+    purchase.reference = f"{sku}-{purchase.expected_total}"
+
+
+@dataclass(frozen=True)
+class Offer:
+    supplier: str
+    priority: int
+    unit_price: Decimal | None  # None when the price list could not be read
+
+
+def rank(offers: list[Offer]) -> list[Offer]:
+    """By priority, then by price; an unknown price after the known ones of its priority."""
+    return sorted(
+        offers,
+        key=lambda o: (o.priority, o.unit_price is None, o.unit_price or Decimal(0)),
+    )
+
+
+def affordable(unit_price: Decimal, spent: Decimal, cap: Decimal | None, quantity: int) -> int:
+    """How many of `quantity` units fit under the day's spend cap."""
+    if cap is None:
+        return quantity
+    room = cap - spent
+    if room <= 0 or unit_price <= 0:
+        return 0 if room <= 0 else quantity
+    return min(quantity, int(room // unit_price))
+
+
+def cover_minutes(state: SkuState) -> float | None:
+    """How long the available units last at the current sales rate (None: no sales)."""
+    if state.rate <= 1e-9:
         return None
-    quantity = max(policy.order_quantity, state.backordered + policy.reorder_point)
-    state.pending_expected_total = state.received_total + quantity
-    state.pending_reference = f"{sku}-{state.pending_expected_total}"
-    state.pending_quantity = quantity
-    state.pending_since = now
-    return Purchase(state.pending_reference, quantity)
+    return state.available / state.rate / 60

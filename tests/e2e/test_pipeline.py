@@ -127,7 +127,13 @@ async def test_stock_import_from_a_file_skips_duplicates_and_fills_backorders(st
     cli += ["--home", str(running.home), str(path)]
     code, out, err = await run(cli, env)
     assert code == 0, err
-    assert json.loads(out) == {"sku": "NEW-SKU", "added": 5, "duplicates": 2, "invalid": 1}
+    assert json.loads(out) == {
+        "sku": "NEW-SKU",
+        "added": 5,
+        "duplicates": 2,
+        "duplicate_lines": [6, 8],
+        "invalid": [{"line": 7, "reason": "empty line"}],
+    }
     assert "IMP-" not in out + err  # a report never shows a code
     code, out, _ = await run(cli, env)
     assert json.loads(out)["added"] == 0

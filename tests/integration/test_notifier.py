@@ -47,9 +47,8 @@ async def delivery(sandbox, cipher, database):
         yield (
             pool,
             Delivery(
-                whatsapp=WhatsAppCloud(session, sandbox, "21.0", TOKEN, "42"),
+                providers={"whatsapp": [WhatsAppCloud(session, sandbox, "21.0", TOKEN, "42")]},
                 cipher=cipher,
-                template="tasleem_code_delivery",
                 deadline_s=2,
                 concurrency=asyncio.Semaphore(8),
             ),

@@ -24,7 +24,7 @@ async def test_rows_left_by_a_dead_writer_are_relayed_once(database, kafka, ciph
         await import_codes(pool, cipher, "A", ["A-1", "A-2"])
         order = paid("outbox-1", ("A", 1))
         async with pool.acquire() as conn, conn.transaction():
-            rows = await handlers.allocate([order], conn)
+            rows = (await handlers.allocate([order], conn)).rows
         assert rows  # committed, and then the writer "died" before publishing
 
         relay = Relay(pool, producer)

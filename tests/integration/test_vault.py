@@ -6,15 +6,17 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from services.allocator import handlers, vault
+from services.allocator import handlers, stock, vault
 from services.allocator.main import SQL
 from shared.codecrypt import SealedCode
 from shared.db import connect_and_migrate
 from shared.events import (
     CodeAllocated,
+    CodeRevoked,
     CodesPurchased,
     Customer,
-    InventoryLevel,
+    MessageSent,
+    OrderCancelled,
     OrderLine,
     OrderPaid,
     event_id_for,
@@ -51,13 +53,19 @@ async def import_codes(pool, cipher, sku, codes, expires_at=None):
         report = await vault.import_plain_codes(
             conn, cipher, sku, codes, source="test", expires_at=expires_at
         )
-        rows = await handlers.distribute(conn, [sku], always_report=True)
-    return report, rows
+        applied = await handlers.distribute(conn, [sku], report_levels=True)
+    return report, applied.rows
 
 
 async def allocate(pool, batch):
     async with pool.acquire() as conn, conn.transaction():
-        return await handlers.allocate(batch, conn)
+        return (await handlers.allocate(batch, conn)).rows
+
+
+async def level(pool, sku):
+    async with pool.acquire() as conn:
+        (found,) = await vault.stock_levels(conn, [sku])
+    return found
 
 
 def events_of(rows, model):
@@ -70,7 +78,7 @@ def opened(cipher, allocation: CodeAllocated) -> list[str]:
 
 async def test_import_deduplicates_in_the_file_and_across_skus(pool, cipher):
     report, _ = await import_codes(pool, cipher, "A", ["X-1", "x-1", "X-2", "", "X-3"])
-    assert (report.added, report.duplicates, report.invalid) == (3, 1, 1)
+    assert (report.added, report.duplicate_lines, [p.line for p in report.invalid]) == (3, [2], [4])
     report, _ = await import_codes(pool, cipher, "B", ["X-2", "Y-1"])
     assert (report.added, report.duplicates) == (1, 1)
     stored = await pool.fetch("SELECT sealed FROM codes")
@@ -84,8 +92,8 @@ async def test_allocation_hands_out_codes_and_reports_stock(pool, cipher):
     assert sorted(len(a.codes) for a in allocations) == [1, 2]
     codes = [c for a in allocations for c in opened(cipher, a)]
     assert len(set(codes)) == 3
-    (level,) = events_of(rows, InventoryLevel)
-    assert (level.available, level.backordered, level.sold_since_last) == (2, 0, 3)
+    stock = await level(pool, "A")
+    assert (stock.available, stock.backordered) == (2, 0)
 
 
 async def test_a_redelivered_batch_changes_nothing(pool, cipher):
@@ -102,8 +110,8 @@ async def test_short_stock_backorders_and_fills_first_in_first_out(pool, cipher)
     (first,) = events_of(rows, CodeAllocated)
     assert first.order_key.endswith(":1") and len(first.codes) == 1
     assert [(b.sku, b.quantity) for b in first.backordered] == [("A", 1)]
-    (level,) = events_of(rows, InventoryLevel)
-    assert (level.available, level.backordered) == (0, 2)
+    stock = await level(pool, "A")
+    assert (stock.available, stock.backordered) == (0, 2)
 
     _, rows = await import_codes(pool, cipher, "A", ["A-2"])
     (second,) = events_of(rows, CodeAllocated)
@@ -119,11 +127,12 @@ async def test_short_stock_backorders_and_fills_first_in_first_out(pool, cipher)
         purchased_at=datetime.now(UTC),
     )
     async with pool.acquire() as conn, conn.transaction():
-        rows = await handlers.receive_codes([purchase, purchase], conn, cipher)
-    (third,) = events_of(rows, CodeAllocated)
+        applied = await handlers.receive_codes([purchase, purchase], conn, cipher)
+    (third,) = events_of(applied.rows, CodeAllocated)
     assert third.order_key.endswith(":2") and third.part == 1
-    (level,) = events_of(rows, InventoryLevel)
-    assert (level.available, level.backordered, level.received_total) == (1, 0, 4)
+    assert applied.sold == {"A": 1}
+    stock = await level(pool, "A")
+    assert (stock.available, stock.backordered, stock.received_total) == (1, 0, 4)
 
 
 async def test_earliest_expiring_first_and_expired_never(pool, cipher):
@@ -167,3 +176,87 @@ async def test_racing_allocators_never_give_a_code_twice(pool, cipher):
     waiting = await pool.fetchval("SELECT count(*) FROM units WHERE code_id IS NULL")
     assert allocated == filled == 600  # every code went to exactly one unit
     assert filled + waiting == sum(line.quantity for o in orders for line in o.lines)
+
+
+def cancelled(order_id: str) -> OrderCancelled:
+    key = f"standard:s1:{order_id}"
+    return OrderCancelled(
+        event_id=event_id_for("order.cancelled", key),
+        order_key=key,
+        platform="standard",
+        store_id="s1",
+        order_id=order_id,
+        reason="refunded",
+        cancelled_at=datetime.now(UTC),
+    )
+
+
+def sent(allocation: CodeAllocated) -> MessageSent:
+    now = datetime.now(UTC)
+    return MessageSent(
+        event_id=event_id_for("message.sent", allocation.event_id),
+        order_key=allocation.order_key,
+        part=allocation.part,
+        allocation_event_id=allocation.event_id,
+        channel="whatsapp",
+        provider="whatsapp",
+        provider_message_id="wamid.1",
+        to="+966500000001",
+        attempts=1,
+        code_count=len(allocation.codes),
+        paid_at=now,
+        accepted_at=now,
+        paid_to_accepted_ms=1.0,
+    )
+
+
+async def run(pool, work, batch):
+    async with pool.acquire() as conn, conn.transaction():
+        return (await work(batch, conn)).rows
+
+
+async def test_cancelling_quarantines_codes_and_revokes_only_undelivered_ones(pool, cipher):
+    await import_codes(pool, cipher, "A", ["A-1", "A-2", "A-3"])
+    rows = await allocate(pool, [paid("1", ("A", 2)), paid("2", ("A", 2))])
+    by_key = {a.order_key: a for a in events_of(rows, CodeAllocated)}
+    first, second = by_key["standard:s1:1"], by_key["standard:s1:2"]
+    assert [(b.sku, b.quantity) for b in second.backordered] == [("A", 1)]
+    await run(pool, handlers.mark_delivered, [sent(first)])
+
+    rows = await run(pool, handlers.cancel, [cancelled("1"), cancelled("2")])
+    (revoked,) = events_of(rows, CodeRevoked)  # order 1 was delivered: nothing to withdraw
+    assert revoked.order_key == second.order_key
+    assert revoked.code_ids == [c.code_id for c in second.codes] and revoked.parts == [1]
+    async with pool.acquire() as conn:
+        (report,) = await stock.stock_report(conn, sku="A")
+    assert (report.available, report.reserved, report.sold, report.backordered) == (0, 0, 0, 0)
+    assert report.quarantined == 3  # withdrawn codes are never resold
+
+    # new stock must not go to the cancelled order's dropped backorder
+    _, rows = await import_codes(pool, cipher, "A", ["A-4"])
+    assert events_of(rows, CodeAllocated) == []
+    assert await run(pool, handlers.cancel, [cancelled("2")]) == []  # redelivered: no-op
+
+
+async def test_a_cancellation_that_arrives_first_stops_the_allocation(pool, cipher):
+    await import_codes(pool, cipher, "A", ["A-1"])
+    await run(pool, handlers.cancel, [cancelled("early")])
+    assert await allocate(pool, [paid("early", ("A", 1))]) == []
+    assert await pool.fetchval("SELECT count(*) FROM codes WHERE status = 'available'") == 1
+
+
+async def test_stock_report_and_masked_order_view(pool, cipher):
+    now = datetime.now(UTC)
+    await import_codes(pool, cipher, "A", ["SOON-0001"], expires_at=now + timedelta(days=2))
+    await import_codes(pool, cipher, "A", ["LONG-0002", "LONG-0003", "LONG-0004"])
+    rows = await allocate(pool, [paid("1", ("A", 2)), paid("2", ("A", 3))])
+    first = next(a for a in events_of(rows, CodeAllocated) if a.order_key.endswith(":1"))
+    await run(pool, handlers.mark_delivered, [sent(first)])
+    async with pool.acquire() as conn:
+        (report,) = await stock.stock_report(conn, expiring_days=7)
+        view = await stock.order_allocation(conn, cipher, "standard:s1:1")
+    assert (report.available, report.reserved, report.sold, report.backordered) == (0, 2, 2, 1)
+    assert view is not None
+    assert [u["state"] for u in view["units"]] == ["delivered", "delivered"]
+    assert view["units"][0]["code"] == "XXXX-…-0001"  # the earliest-expiring code went first
+    assert all("SOON" not in str(u) and "LONG" not in str(u) for u in view["units"])

@@ -282,6 +282,7 @@ async def test_party_down_answers_its_native_503_then_recovers(sandbox: Sandbox)
         "error_rate": 0.0,
         "latency_ms": 10,
         "charge_then_timeout": False,
+        "fail_after_accept": False,
     }
     assert faults["unifonic"]["down"] is False
 

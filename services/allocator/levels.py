@@ -1,0 +1,92 @@
+"""`inventory.level` per sku, coalesced and off the allocation path.
+
+Counting a sku's available codes costs more than allocating a batch, so the allocation
+transaction only notes which skus moved; this reporter counts them at most once per interval
+and publishes one level per sku. Every sku is also reported now and then when nothing moved,
+so a restocker that lost its state catches up. A level lost in a crash is harmless: it is a
+snapshot, and the next one replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from services.allocator import vault
+from shared.events import InventoryLevel, event_id_for, utcnow
+from shared.kafka import publish
+
+log = logging.getLogger(__name__)
+
+
+class LevelReporter:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        *,
+        interval_s: float = 0.5,
+        refresh_s: float = 30.0,
+        service: str = "allocator",
+    ):
+        self.pool = pool
+        self.producer = producer
+        self.interval_s = interval_s
+        self.refresh_s = refresh_s
+        self.service = service
+        self._sold: Counter[str] = Counter()
+        self._touched: set[str] = set()
+        self._stopping = asyncio.Event()
+
+    def record(self, touched: set[str], sold: Counter[str]) -> None:
+        """Note skus whose stock moved (after their transaction committed)."""
+        self._touched |= touched
+        self._sold.update(sold)
+
+    async def report(self, skus: set[str]) -> None:
+        if not skus:
+            return
+        async with self.pool.acquire() as conn:
+            levels = await vault.stock_levels(conn, sorted(skus))
+        now = utcnow()
+        events = [
+            InventoryLevel(
+                event_id=event_id_for("inventory.level", level.sku, now.isoformat()),
+                sku=level.sku,
+                available=level.available,
+                backordered=level.backordered,
+                sold_since_last=self._sold.pop(level.sku, 0),
+                received_total=level.received_total,
+                at=now,
+            )
+            for level in levels
+        ]
+        await publish(self.producer, events, self.service)
+
+    async def run(self) -> None:
+        next_refresh = time.monotonic()
+        while not self._stopping.is_set():
+            skus, self._touched = self._touched, set()
+            try:
+                if time.monotonic() >= next_refresh:
+                    skus |= await self._all_skus()
+                    next_refresh = time.monotonic() + self.refresh_s
+                await self.report(skus)
+            except Exception as exc:  # the database or broker is away: try again next time
+                self._touched |= skus
+                log.warning("inventory levels not reported, will retry: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+
+    async def _all_skus(self) -> set[str]:
+        rows = await self.pool.fetch("SELECT sku FROM sku_totals")
+        return {r["sku"] for r in rows}
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,157 @@
+"""Salla: signature or token strategy, and "paid" read from the order's status slug.
+
+Salla has no `order.paid` event: an order is paid once its status slug is past payment and
+`is_pending_payment` is false. The event id comes from the order key, so `order.created`,
+`order.updated` and `order.status.updated` for one paid order are one event downstream.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.ingest import orders
+from services.ingest.errors import InvalidOrder, InvalidSignature
+from services.ingest.stores import Store
+from shared.events import OrderCancelled, OrderPaid
+
+PLATFORM = "salla"
+PAID_SLUGS = {"under_review", "in_progress", "completed", "delivering", "delivered", "shipped"}
+CANCELLED_SLUGS = {"canceled", "cancelled", "refunded"}
+CANCEL_EVENTS = {"order.cancelled", "order.refunded", "order.deleted"}
+ORDER_EVENTS = {"order.created", "order.updated", "order.payment.updated", "order.status.updated"}
+
+
+def verify(store: Store, headers: Mapping[str, str], raw: bytes) -> None:
+    """`Signature`: hex HMAC-SHA256 of the body; `Token`: the secret in Authorization."""
+    if store.salla_strategy == "token":
+        offered = headers.get("Authorization", "").strip()
+        offered = offered.removeprefix("Bearer ").strip()
+        if offered and any(
+            hmac.compare_digest(offered.encode(), s.encode()) for s in store.secrets
+        ):
+            return
+        raise InvalidSignature("Authorization does not carry the store's webhook token")
+    if not orders.matches_any(store.secrets, headers.get("X-Salla-Signature", ""), raw, "hex"):
+        raise InvalidSignature("X-Salla-Signature is missing or does not match")
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True, extra="ignore")
+
+
+class _Status(_Loose):
+    slug: str = ""
+
+
+class _Customer(_Loose):
+    name: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    mobile: str | None = None
+    mobile_code: str | None = None
+    email: str | None = None
+
+
+class _Product(_Loose):
+    id: str | None = None
+    sku: str | None = None
+    name: str = ""
+
+
+class _Item(_Loose):
+    sku: str | None = None
+    product_id: str | None = None
+    name: str = ""
+    quantity: int = Field(ge=1, le=100)
+    product: _Product | None = None
+
+
+class _Amount(_Loose):
+    amount: str | None = None
+    currency: str | None = None
+
+
+class _Amounts(_Loose):
+    total: _Amount | None = None
+
+
+class _Order(_Loose):
+    id: str = Field(min_length=1, max_length=128)
+    status: _Status | str | None = None
+    is_pending_payment: bool | None = None
+    currency: str | None = None
+    amounts: _Amounts | None = None
+    customer: _Customer = _Customer()
+    items: list[_Item] = []
+
+
+class _StatusUpdate(_Loose):
+    order: _Order
+
+
+class _Envelope(BaseModel):
+    event: str = Field(min_length=1)
+    merchant: int | str | None = None
+    created_at: str | None = None
+    data: dict[str, Any]
+
+
+def normalise(
+    store: Store, headers: Mapping[str, str], payload: Any
+) -> OrderPaid | OrderCancelled | None:
+    try:
+        envelope = _Envelope.model_validate(payload)
+        if envelope.event not in ORDER_EVENTS | CANCEL_EVENTS:
+            return None
+        if envelope.event == "order.status.updated":
+            order = _StatusUpdate.model_validate(envelope.data).order
+        else:
+            order = _Order.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise InvalidOrder(orders.brief(exc)) from None
+    slug = order.status.slug if isinstance(order.status, _Status) else ""
+    if envelope.event in CANCEL_EVENTS or slug in CANCELLED_SLUGS:
+        reason = envelope.event if envelope.event in CANCEL_EVENTS else f"status {slug}"
+        return orders.cancelled(store, order.id, reason)
+    if slug not in PAID_SLUGS or order.is_pending_payment:
+        return None  # created but not paid yet: Salla sends another event when it is
+    customer = order.customer
+    name = customer.name or f"{customer.first_name} {customer.last_name}"
+    phone = customer.mobile
+    if phone and customer.mobile_code and not phone.startswith("+"):
+        phone = customer.mobile_code + phone
+    total = order.amounts.total if order.amounts else None
+    return orders.paid(
+        store,
+        order.id,
+        [_line(item) for item in order.items],
+        name=name,
+        phone=phone,
+        email=customer.email,
+        paid_at=_when(envelope.created_at),
+        currency=order.currency or (total.currency if total else None),
+        total=total.amount if total else None,
+    )
+
+
+def _line(item: _Item) -> orders.Line:
+    product = item.product
+    sku = item.sku or (product.sku if product else None) or item.product_id
+    sku = sku or (product.id if product else None) or ""
+    return orders.Line(sku, item.quantity, item.name or (product.name if product else ""))
+
+
+def _when(text: str | None) -> datetime | None:
+    """ISO 8601 when it is; Salla also sends JS `Date.toString()` text, which we leave alone."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else None
