@@ -45,27 +45,8 @@ async def on_receipt(
     """Apply one receipt; True when it matched a message we sent."""
     RECEIPTS.labels(provider, status).inc()
     if status == "delivered":
-        # the common case, one statement: every message gets one (or several)
-        matched = await pool.fetchval(
-            """
-            WITH a AS (
-                UPDATE attempts SET status = 'delivered'
-                WHERE provider = $1 AND provider_message_id = $2
-                  AND status IN ('accepted', 'delivered')
-                RETURNING allocation_event_id, purpose
-            ), d AS (
-                UPDATE deliveries d SET status = 'delivered', updated_at = now()
-                FROM a
-                WHERE d.allocation_event_id = a.allocation_event_id AND a.purpose = 'delivery'
-                  AND d.provider_message_id = $2 AND d.status = 'accepted'
-                RETURNING 1
-            )
-            SELECT count(*) FROM a
-            """,
-            provider,
-            message_id,
-        )
-        return bool(matched)
+        # the common case: gathered with other receipts into one statement
+        return await delivery.journal(pool).delivered(provider, message_id)
     await _settled(pool, provider, message_id)
     async with pool.acquire() as conn, conn.transaction():
         attempt = await conn.fetchrow(
