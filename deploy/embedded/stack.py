@@ -107,9 +107,10 @@ class Stack:
             **keys,
         }
         env = {
-            "ingest": {},
-            "allocator": {},
+            "ingest": {"TASLEEM_INGEST_ADMIN_TOKEN": self._admin_token()},
+            "allocator": {"TASLEEM_ALLOCATOR_ADMIN_TOKEN": self._admin_token()},
             "notifier": {
+                "TASLEEM_NOTIFIER_ADMIN_TOKEN": self._admin_token(),
                 "TASLEEM_WHATSAPP_BASE_URL": sandbox_url,
                 "TASLEEM_WHATSAPP_TOKEN": self._secret("whatsapp_token"),
                 "TASLEEM_WHATSAPP_PHONE_NUMBER_ID": "100200300",
@@ -269,6 +270,16 @@ class Stack:
             "TASLEEM_SES_ACCESS_KEY": "AKIDTASLEEMSANDBOX",
             "TASLEEM_SES_SECRET_KEY": self._platform_secret("ses"),
         }
+
+    def _admin_token(self) -> str:
+        """One bearer token for the admin APIs of the local stack, kept in `admin_token`
+        (readable by its owner only) so an operator can use it with curl."""
+        token = self._platform_secret("admin-api")
+        path = self.home / "admin_token"
+        if not path.exists():
+            path.write_text(token + "\n")
+            path.chmod(0o600)
+        return token
 
     def _platform_secret(self, platform: str) -> str:
         """A per-platform webhook secret derived from the stack's persisted store secret."""

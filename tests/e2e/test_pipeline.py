@@ -149,6 +149,17 @@ async def test_stock_import_from_a_file_skips_duplicates_and_fills_backorders(st
     assert len(messages) == 1
     assert sorted(CODE.findall(messages[0]["text"])) == codes[:2]
 
+    # the local stack's admin API answers with its token, and only with it
+    token = (running.home / "admin_token").read_text().strip()
+    async with aiohttp.ClientSession() as session:
+        url = f"{info['allocator']}/admin/stock/NEW-SKU"
+        async with session.get(url) as resp:
+            assert resp.status == 401
+        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+            (sku,) = (await resp.json())["skus"]
+    assert (sku["available"], sku["backordered"]) == (3, 0)
+    assert sku["reserved"] + sku["sold"] == 2
+
 
 async def run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
