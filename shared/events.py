@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Namespace for deterministic event ids: the same fact always gets the same id.
 EVENT_NAMESPACE = uuid.UUID("5f0c2a4e-8f55-4a1e-9a52-3c5b3c1e7a10")
@@ -222,6 +222,15 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     StoreConfig,
 )
 EVENT_BY_TOPIC: dict[str, type[Event]] = {e.topic: e for e in ALL_EVENTS}
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """A validation error in a line, naming fields but never echoing their values (they may
+    be personal data or codes)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+        for err in exc.errors()[:5]
+    )
 
 
 def dlq_topic(topic: str) -> str:

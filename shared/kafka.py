@@ -27,7 +27,7 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
 from shared import metrics
-from shared.events import EVENT_BY_TOPIC, Event, dlq_topic
+from shared.events import EVENT_BY_TOPIC, Event, dlq_topic, validation_summary
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,9 @@ class ConsumerLoop:
             try:
                 parsed.append((record, model.model_validate_json(record.value)))
             except ValidationError as exc:
-                await self._dead_letter(record, f"invalid {model.__name__}: {_brief(exc)}")
+                await self._dead_letter(
+                    record, f"invalid {model.__name__}: {validation_summary(exc)}"
+                )
         if not parsed:
             return
         metrics.BATCH_SIZE.labels(self.service, topic).observe(len(parsed))
@@ -274,10 +276,3 @@ class ConsumerLoop:
             metrics.CONSUMER_LAG.labels(self.service, self.group_id, tp.topic, tp.partition).set(
                 lag
             )
-
-
-def _brief(exc: ValidationError) -> str:
-    """A validation error without the input values (they may hold personal data or codes)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
-    )

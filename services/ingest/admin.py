@@ -16,9 +16,9 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, Field, ValidationError
 
 from services.ingest import store_changes
-from services.ingest.orders import brief
 from services.ingest.stores import remove_store, upsert_store
 from services.ingest.views import PRODUCER, REGISTRY, SETTINGS
+from shared.events import validation_summary
 from shared.kafka import publish
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ async def put_store(request: web.Request) -> web.Response:
         change = store_changes.StoreChange.model_validate(await _body(request))
         store = store_changes.apply(store_id, await request.app[REGISTRY].fresh(store_id), change)
     except ValidationError as exc:
-        return _error(422, "invalid_store", brief(exc))
+        return _error(422, "invalid_store", validation_summary(exc))
     except store_changes.InvalidChange as exc:
         return _error(422, "invalid_store", str(exc))
     return await _save(request, store)
@@ -80,7 +80,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     try:
         rotated = store_changes.rotate(store, Rotation.model_validate(await _body(request)).secret)
     except ValidationError as exc:
-        return _error(422, "invalid_secret", brief(exc))
+        return _error(422, "invalid_secret", validation_summary(exc))
     except store_changes.InvalidChange as exc:
         return _error(422, "invalid_secret", str(exc))
     return await _save(request, rotated)

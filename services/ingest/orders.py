@@ -22,6 +22,7 @@ from shared.events import (
     event_id_for,
     order_key,
     utcnow,
+    validation_summary,
 )
 
 
@@ -86,7 +87,7 @@ def paid(
             total=total,
         )
     except ValidationError as exc:  # our own contract refuses it: still the sender's input
-        raise InvalidOrder(brief(exc)) from None
+        raise InvalidOrder(validation_summary(exc)) from None
 
 
 def cancelled(
@@ -129,11 +130,3 @@ def matches_any(secrets: Iterable[str], offered: str, body: bytes, encoding: str
         if hmac.compare_digest(expected.encode(), wanted.lower() if encoding == "hex" else wanted):
             return True
     return False
-
-
-def brief(exc: ValidationError) -> str:
-    """A validation error in a line or two, naming the fields: never echoes their values."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-        for err in exc.errors()[:5]
-    )

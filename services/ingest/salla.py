@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.ingest import orders
 from services.ingest.errors import InvalidOrder, InvalidSignature
 from services.ingest.stores import Store
-from shared.events import OrderCancelled, OrderPaid
+from shared.events import OrderCancelled, OrderPaid, validation_summary
 
 PLATFORM = "salla"
 PAID_SLUGS = {"under_review", "in_progress", "completed", "delivering", "delivered", "shipped"}
@@ -113,7 +113,7 @@ def normalise(
         else:
             order = _Order.model_validate(envelope.data)
     except ValidationError as exc:
-        raise InvalidOrder(orders.brief(exc)) from None
+        raise InvalidOrder(validation_summary(exc)) from None
     slug = order.status.slug if isinstance(order.status, _Status) else ""
     if envelope.event in CANCEL_EVENTS or slug in CANCELLED_SLUGS:
         reason = envelope.event if envelope.event in CANCEL_EVENTS else f"status {slug}"

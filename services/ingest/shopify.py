@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.ingest import orders
 from services.ingest.errors import InvalidOrder, InvalidSignature
 from services.ingest.stores import Store
-from shared.events import OrderCancelled, OrderPaid
+from shared.events import OrderCancelled, OrderPaid, validation_summary
 
 PLATFORM = "shopify"
 PAID_TOPICS = {"orders/paid", "orders/create", "orders/updated"}
@@ -77,7 +77,7 @@ def normalise(
             return orders.cancelled(store, _Refund.model_validate(payload).order_id, topic)
         order = _Order.model_validate(payload)
     except ValidationError as exc:
-        raise InvalidOrder(orders.brief(exc)) from None
+        raise InvalidOrder(validation_summary(exc)) from None
     if topic == "orders/cancelled":
         return orders.cancelled(store, order.id, topic)
     if order.financial_status != "paid":

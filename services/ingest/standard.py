@@ -17,18 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.ingest import orders
 from services.ingest.errors import InvalidOrder, InvalidSignature
-from services.ingest.phones import to_e164
 from services.ingest.stores import Store
-from shared.events import (
-    Customer,
-    OrderCancelled,
-    OrderLine,
-    OrderPaid,
-    event_id_for,
-    order_key,
-    utcnow,
-)
+from shared.events import OrderCancelled, OrderPaid, validation_summary
 
 TOLERANCE_S = 5 * 60
 PLATFORM = "standard"
@@ -118,50 +110,20 @@ def normalise(store: Store, payload: Any) -> OrderPaid | OrderCancelled | None:
             return None
         data = _OrderData.model_validate(envelope.data)
     except ValidationError as exc:
-        raise InvalidOrder(_brief(exc)) from None
-    key = order_key(PLATFORM, store.store_id, data.order_id)
-    now = utcnow()
+        raise InvalidOrder(validation_summary(exc)) from None
     if envelope.type in CANCELLED_TYPES:
-        return OrderCancelled(
-            event_id=event_id_for("order.cancelled", key),
-            order_key=key,
-            platform=PLATFORM,
-            store_id=store.store_id,
-            order_id=data.order_id,
-            reason=data.reason or envelope.type,
-            cancelled_at=data.cancelled_at or now,
+        return orders.cancelled(
+            store, data.order_id, data.reason or envelope.type, data.cancelled_at
         )
-    if not data.lines:
-        raise InvalidOrder("data.lines: an order needs at least one line")
-    phone = to_e164(data.customer.phone) if data.customer.phone else None
-    if not phone and not data.customer.email:
-        raise InvalidOrder("data.customer: a phone or an email is needed to deliver the code")
-    return OrderPaid(
-        event_id=event_id_for("order.paid", key),
-        order_key=key,
-        platform=PLATFORM,
-        store_id=store.store_id,
-        store_name=store.name,
-        order_id=data.order_id,
-        lines=[
-            OrderLine(sku=store.internal_sku(line.sku), quantity=line.quantity, title=line.title)
-            for line in data.lines
-        ],
-        customer=Customer(
-            name=data.customer.name,
-            phone=phone,
-            email=data.customer.email,
-            locale=data.customer.locale or store.locale,  # type: ignore[arg-type]
-        ),
-        paid_at=data.paid_at or envelope.timestamp or now,
-        received_at=now,
+    return orders.paid(
+        store,
+        data.order_id,
+        [orders.Line(line.sku, line.quantity, line.title) for line in data.lines],
+        name=data.customer.name,
+        phone=data.customer.phone,
+        email=data.customer.email,
+        locale=data.customer.locale,
+        paid_at=data.paid_at or envelope.timestamp,
         currency=data.currency,
         total=data.total,
-    )
-
-
-def _brief(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-        for err in exc.errors()[:5]
     )

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.ingest import orders
 from services.ingest.errors import InvalidOrder, InvalidSignature
 from services.ingest.stores import Store
-from shared.events import OrderCancelled, OrderPaid
+from shared.events import OrderCancelled, OrderPaid, validation_summary
 
 PLATFORM = "woocommerce"
 PAID_STATUSES = {"processing", "completed"}
@@ -70,7 +70,7 @@ def normalise(
     try:
         order = _Order.model_validate(payload)
     except ValidationError as exc:
-        raise InvalidOrder(orders.brief(exc)) from None
+        raise InvalidOrder(validation_summary(exc)) from None
     if topic == "order.deleted" or order.status in CANCELLED_STATUSES:
         return orders.cancelled(
             store, order.id, topic if topic == "order.deleted" else order.status

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.ingest import orders
 from services.ingest.errors import InvalidOrder, InvalidSignature
 from services.ingest.stores import Store
-from shared.events import OrderCancelled, OrderPaid
+from shared.events import OrderCancelled, OrderPaid, validation_summary
 
 PLATFORM = "zid"
 CANCELLED_CODES = {"cancelled", "canceled", "refunded", "reversed"}
@@ -79,7 +79,7 @@ def normalise(
     try:
         order = _Order.model_validate(payload)
     except ValidationError as exc:
-        raise InvalidOrder(orders.brief(exc)) from None
+        raise InvalidOrder(validation_summary(exc)) from None
     if order.order_status.code in CANCELLED_CODES:
         return orders.cancelled(store, order.id, f"status {order.order_status.code}")
     if order.payment_status != "paid":
