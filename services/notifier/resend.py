@@ -53,11 +53,18 @@ async def resend(
     )
     if not rows:
         raise UnknownOrder(f"no delivery for order {order_key}")
+    # codes withdrawn from a cancelled order are never sent again, even those delivered
+    # before the cancellation arrived (the revocations table outlives restarts)
+    withdrawn = {
+        r["part"]
+        for r in await pool.fetch("SELECT part FROM revocations WHERE order_key = $1", order_key)
+    }
     results: list[dict[str, Any]] = []
     events: list[Event] = []
     journal = delivery.journal(pool)
     for row in rows:
-        if row["status"] == "revoked" or row["event"] is None:
+        revoked = row["status"] == "revoked" or withdrawn & {0, row["part"]}
+        if revoked or row["event"] is None:
             results.append({"part": row["part"], "status": "skipped", "reasons": ["revoked"]})
             continue
         original = CodeAllocated.model_validate_json(row["event"])

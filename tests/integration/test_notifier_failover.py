@@ -29,6 +29,7 @@ from services.notifier.handlers import Delivery, deliver, revoke
 from services.notifier.main import SQL, rate_limiter, sweep
 from services.notifier.policy import StoreDirectory
 from services.notifier.providers import Outbound, Provider
+from services.notifier.resend import resend
 from services.notifier.settings import NotifierSettings
 from services.notifier.sms import Twilio, Unifonic
 from services.notifier.whatsapp import WhatsAppCloud
@@ -420,6 +421,13 @@ async def test_revoked_parts_are_never_sent(world, cipher):
     )
     assert (await world.row(sent_one))["status"] in ("accepted", "delivered")
     assert len(await world.inbox("+966551110002")) == 1
+    # ...but an operator resend never sends the withdrawn codes again (even after a restart)
+    world.delivery.revoked.clear()
+    parts, reports = await resend(
+        world.pool, world.delivery, sent_one.order_key, phone="+966551110003"
+    )
+    assert [p["status"] for p in parts] == ["skipped"] and reports == []
+    assert await world.inbox("+966551110003") == []
 
 
 class Crash(Exception):
