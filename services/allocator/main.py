@@ -31,13 +31,14 @@ def transactional(
     levels: LevelReporter,
     work: Callable[[Any, DbConn], Awaitable[Applied]],
 ) -> Callable[[list[Any]], Awaitable[None]]:
-    """A batch handler: `work` in one transaction, then its events relayed and its stock
+    """A batch handler: `work` in one transaction, then its events handed to the relay (the
+    next batch does not wait for them: they are durable in the outbox) and its stock
     movements noted for the level reporter."""
 
     async def handle(batch: Sequence[Any]) -> None:
         async with pool.acquire() as conn, conn.transaction():
             applied = await work(batch, conn)
-        await relay.publish(applied.rows)
+        await relay.submit(applied.rows)
         levels.record(applied.touched, applied.sold)
 
     return handle
@@ -87,6 +88,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         rt.app.middlewares.append(admin_guard(settings.allocator_admin_token.get_secret_value()))
         rt.app.add_routes(admin.routes())
         rt.add_worker("consumer", loop.run, loop.stop)
+        rt.add_worker("outbox-relay", relay.run, relay.stop)
         rt.add_worker(
             "outbox-sweeper",
             lambda: relay.run_sweeper(
@@ -97,6 +99,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         rt.add_check("consumer", lambda: loop.ready)
         rt.add_check("database", lambda: ping(pool))
         yield
+        await relay.drain()  # what the consumer's last batch committed goes out now
     finally:
         await producer.stop()
         await pool.close()

@@ -221,24 +221,19 @@ async def skus_with_backorders(conn: DbConn, skus: Iterable[str]) -> set[str]:
 
 
 async def insert_units(conn: DbConn, units: Sequence[UnitRow]) -> None:
-    """New units, with their codes where they got one, in arrival order."""
+    """New units, with their codes where they got one, in arrival order (their `seq`).
+
+    By COPY, which takes less than half the time of INSERT … SELECT unnest; units are only
+    ever written for orders inserted in the same transaction, so none can exist already."""
     if not units:
         return
-    await conn.execute(
-        """
-        INSERT INTO units (order_key, line_no, unit_no, sku, code_id, part)
-        SELECT k, l, u, s, c, p
-        FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::int[])
-            WITH ORDINALITY AS t(k, l, u, s, c, p, n)
-        ORDER BY n
-        ON CONFLICT DO NOTHING
-        """,
-        [u.order_key for u in units],
-        [u.line_no for u in units],
-        [u.unit_no for u in units],
-        [u.sku for u in units],
-        [u.code.code_id if u.code else None for u in units],
-        [u.part for u in units],
+    await conn.copy_records_to_table(
+        "units",
+        columns=("order_key", "line_no", "unit_no", "sku", "code_id", "part"),
+        records=[
+            (u.order_key, u.line_no, u.unit_no, u.sku, u.code.code_id if u.code else None, u.part)
+            for u in units
+        ],
     )
 
 

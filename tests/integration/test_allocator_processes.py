@@ -65,7 +65,7 @@ def surge(count: int, seed: int) -> list[OrderPaid]:
 async def wait_until_allocated(pool: asyncpg.Pool, orders: int, procs, limit_s: float = 120):
     async with asyncio.timeout(limit_s):
         while True:
-            done = await pool.fetchval("SELECT count(*) FROM processed_events")
+            done = await pool.fetchval("SELECT count(*) FROM orders")
             left = await pool.fetchval("SELECT count(*) FROM outbox")
             if done >= orders and left == 0:
                 return
@@ -166,7 +166,7 @@ async def test_an_allocator_killed_mid_surge_loses_and_repeats_nothing(
         await producer.start()
         await publish(producer, orders[:1000])
         async with asyncio.timeout(60):
-            while await pool.fetchval("SELECT count(*) FROM processed_events") < 300:
+            while await pool.fetchval("SELECT count(*) FROM orders") < 300:
                 await asyncio.sleep(0.05)
         procs[0].signal(signal.SIGKILL)  # mid-batch, no goodbye
         await publish(producer, orders[1000:])

@@ -8,7 +8,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from shared.events import InventoryLevel, dlq_topic
-from shared.kafka import ConsumerLoop, RetriableError, ensure_topics, make_producer, topic_specs
+from shared.kafka import (
+    ConsumerLoop,
+    RetriableError,
+    TopicSpec,
+    ensure_topics,
+    make_producer,
+    send_many,
+    topic_specs,
+)
 from shared.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
@@ -134,3 +142,30 @@ async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, produce
     )
     await run_until(loop, lambda: bool(handled))
     assert handled == [f"{group}-x"] and calls["n"] == 3
+
+
+async def test_send_many_splits_batches_and_partitions_like_send(kafka):
+    """Thousands of records through whole batches land where `send` would put them, each
+    exactly once, in order within a key's partition."""
+    run = uuid.uuid4().hex[:6]
+    batched, single = f"many-{run}", f"single-{run}"
+    await ensure_topics(kafka, [TopicSpec(batched, 3), TopicSpec(single, 3)])
+    keys = [f"{run}:{i % 300}".encode() for i in range(1500)]
+    values = [f"{run}:{i}".encode() * 20 for i in range(1500)]  # ~200 kB: several batches
+    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka), max_batch_size=16 * 1024)
+    await producer.start()
+    try:
+        await send_many(producer, [(batched, k, v) for k, v in zip(keys, values, strict=True)])
+        for key in set(keys):
+            await producer.send(single, b"reference", key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    many = await read_all(kafka, batched, 1500)
+    one_by_one = {r.key: r.partition for r in await read_all(kafka, single, 300)}
+    assert len(set(one_by_one.values())) == 3
+    assert sorted(r.value for r in many) == sorted(values)
+    assert {r.key: r.partition for r in many} == one_by_one
+    for key in set(keys):
+        sent = [v for k, v in zip(keys, values, strict=True) if k == key]
+        assert [r.value for r in many if r.key == key] == sent

@@ -1,12 +1,13 @@
 """A crash between the allocation commit and the publish loses nothing: the sweeper relays it."""
 
+import asyncpg
 import pytest
 
 from services.allocator import handlers
 from services.allocator.main import SQL
 from services.allocator.outbox import Relay
-from shared.db import connect_and_migrate
-from shared.events import CodeAllocated
+from shared.db import connect_and_migrate, migrate
+from shared.events import CodeAllocated, CodeRevoked
 from shared.kafka import ensure_topics, make_producer, topic_specs
 from shared.settings import ServiceSettings
 from tests.integration.test_consumer_loop import read_all
@@ -39,3 +40,41 @@ async def test_rows_left_by_a_dead_writer_are_relayed_once(database, kafka, ciph
     records = await read_all(kafka, CodeAllocated.topic, 1)
     events = [CodeAllocated.model_validate_json(r.value) for r in records]
     assert [e.order_key for e in events if e.order_key == order.order_key] == [order.order_key]
+
+
+async def test_rows_written_before_the_batched_outbox_are_still_relayed(database, kafka, tmp_path):
+    """Upgrading with events still in the old one-row-per-event outbox loses none of them."""
+    await ensure_topics(kafka, topic_specs(partitions=2))
+    before = tmp_path / "sql"
+    before.mkdir()
+    for path in sorted(SQL.glob("00[123]_*.sql")):
+        (before / path.name).write_text(path.read_text())
+    events = [
+        CodeRevoked(
+            event_id=f"upgrade-{i}", order_key=f"standard:s1:u{i}", code_ids=[i], reason="x"
+        )
+        for i in range(3)
+    ]
+    conn = await asyncpg.connect(database)
+    try:
+        await migrate(conn, "allocator", before)
+        await conn.executemany(
+            "INSERT INTO allocator.outbox (topic, key, payload) VALUES ($1, $2, $3)",
+            [(e.topic, e.kafka_key(), e.to_bytes()) for e in events],
+        )
+        assert await migrate(conn, "allocator", SQL) == [4]
+    finally:
+        await conn.close()
+    pool = await connect_and_migrate(database, "allocator", SQL)
+    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    await producer.start()
+    try:
+        assert await Relay(pool, producer).sweep_once(min_age_s=0) == 3
+    finally:
+        await producer.stop()
+        await pool.close()
+    records = await read_all(kafka, CodeRevoked.topic, 3)
+    relayed = [CodeRevoked.model_validate_json(r.value) for r in records]
+    assert sorted(e.event_id for e in relayed if e.event_id.startswith("upgrade-")) == [
+        e.event_id for e in events
+    ]

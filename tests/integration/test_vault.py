@@ -21,6 +21,7 @@ from shared.events import (
     OrderPaid,
     event_id_for,
 )
+from shared.kafka import RetriableError
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +70,12 @@ async def level(pool, sku):
 
 
 def events_of(rows, model):
-    return [model.model_validate_json(r.payload) for r in rows if r.topic == model.topic]
+    return [
+        model.model_validate_json(m.payload)
+        for row in rows
+        for m in row.messages
+        if m.topic == model.topic
+    ]
 
 
 def opened(cipher, allocation: CodeAllocated) -> list[str]:
@@ -102,6 +108,42 @@ async def test_a_redelivered_batch_changes_nothing(pool, cipher):
     assert events_of(await allocate(pool, batch), CodeAllocated)
     assert await allocate(pool, batch) == []
     assert await pool.fetchval("SELECT count(*) FROM codes WHERE status = 'allocated'") == 2
+
+
+async def test_the_same_order_under_another_event_id_changes_nothing(pool, cipher):
+    await import_codes(pool, cipher, "A", [f"A-{i}" for i in range(5)])
+    original = paid("1", ("A", 2))
+    assert events_of(await allocate(pool, [original]), CodeAllocated)
+    again = original.model_copy(update={"event_id": "another-subscription-same-order"})
+    assert await allocate(pool, [again, again]) == []
+    assert await pool.fetchval("SELECT count(*) FROM codes WHERE status = 'allocated'") == 2
+
+
+async def test_two_allocators_on_the_same_orders_leave_them_to_the_first(pool, cipher):
+    """Mid-rebalance, the partition's old and new owners can hold the same batch: the second
+    waits for the first, then steps back without keeping (or losing) a code."""
+    await import_codes(pool, cipher, "A", [f"A-{i}" for i in range(5)])
+    batch = [paid("1", ("A", 2)), paid("2", ("A", 1))]
+    async with pool.acquire() as first, pool.acquire() as second:
+        tx = first.transaction()
+        await tx.start()
+        await handlers.allocate(batch, first)
+
+        async def late_owner():
+            async with second.transaction():
+                return await handlers.allocate(batch, second)
+
+        racing = asyncio.create_task(late_owner())
+        await asyncio.sleep(0.3)
+        assert not racing.done()  # waiting on the first owner's uncommitted orders
+        await tx.commit()
+        with pytest.raises(RetriableError):
+            await racing
+        async with second.transaction():
+            assert (await handlers.allocate(batch, second)).rows == []  # the retry
+    assert await pool.fetchval("SELECT count(*) FROM units WHERE code_id IS NOT NULL") == 3
+    assert await pool.fetchval("SELECT count(*) FROM codes WHERE status = 'allocated'") == 3
+    assert await pool.fetchval("SELECT count(*) FROM codes WHERE status = 'available'") == 2
 
 
 async def test_short_stock_backorders_and_fills_first_in_first_out(pool, cipher):
