@@ -37,6 +37,10 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_password: SecretStr = SecretStr("")
     kafka_ssl_cafile: str = ""  # the cluster CA; empty = the system's trust store
     shutdown_grace_s: float = 10.0
+    # Objects allocated before the cyclic garbage collector runs (Python's default: 700). A
+    # batch of 2,000 events allocates far more than that, and the collections cost the
+    # allocator a fifth of its throughput (bench_allocator: 12.9-14.0k → 15.8-17.1k/s).
+    gc_threshold: int = 50_000
 
 
 class VaultKeySettings(BaseSettings):
