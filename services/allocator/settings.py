@@ -6,8 +6,9 @@ from shared.settings import ServiceSettings, VaultKeySettings
 class AllocatorSettings(ServiceSettings, VaultKeySettings):
     admin_port: int = 9101
     consumer_group: str = "allocator"
-    # One transaction per batch: larger batches amortise its round trips (bench_allocator:
-    # 4.8k allocations/s at 500, 7.1k at 2,000); at low rates a batch is whatever has arrived.
+    # One transaction per batch: larger batches amortise its round trips (bench_allocator,
+    # before the batch-shaped writes: 4.8k allocations/s at 500, 7.1k at 2,000); at low
+    # rates a batch is whatever has arrived.
     kafka_max_batch: int = 2000
     outbox_sweep_interval_s: float = 0.5
     # rows younger than this belong to a live writer that relays them itself

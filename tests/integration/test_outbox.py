@@ -1,7 +1,10 @@
 """A crash between the allocation commit and the publish loses nothing: the sweeper relays it."""
 
+import asyncio
+
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from services.allocator import handlers
 from services.allocator.main import SQL
@@ -78,3 +81,54 @@ async def test_rows_written_before_the_batched_outbox_are_still_relayed(database
     assert sorted(e.event_id for e in relayed if e.event_id.startswith("upgrade-")) == [
         e.event_id for e in events
     ]
+
+
+async def test_the_relay_publishes_in_the_background_and_leaves_failures_to_the_sweeper(
+    database, kafka, cipher
+):
+    await ensure_topics(kafka, topic_specs(partitions=2))
+    pool = await connect_and_migrate(database, "allocator", SQL)
+    closed = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    await closed.start()
+    await closed.stop()  # sending through it fails at once
+    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    await producer.start()
+    try:
+        await import_codes(pool, cipher, "A", ["A-1", "A-2", "A-3"])
+        orders = [paid("relay-1", ("A", 1)), paid("relay-2", ("A", 1))]
+
+        async def allocated(order):
+            async with pool.acquire() as conn, conn.transaction():
+                return (await handlers.allocate([order], conn)).rows
+
+        relay = Relay(pool, producer)
+        await relay.sweep_once(min_age_s=0)  # the import's stock levels
+        worker = asyncio.create_task(relay.run())
+        await relay.submit(await allocated(orders[0]))
+        relay.stop()
+        await asyncio.wait_for(worker, 5)  # stopping finishes what was submitted
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+        failing = Relay(pool, closed)
+        await failing.submit(await allocated(orders[1]))
+        await failing.drain()  # logs the failure; the row stays for the sweeper
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+        assert await relay.sweep_once(min_age_s=0) == 1
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await producer.stop()
+        await pool.close()
+    mine = {o.order_key.encode() for o in orders}
+    seen: list[bytes] = []
+    consumer = AIOKafkaConsumer(
+        CodeAllocated.topic, bootstrap_servers=kafka, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(10):
+            while set(seen) != mine:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    seen.extend(r.key for r in records if r.key in mine)
+    finally:
+        await consumer.stop()
+    assert sorted(seen) == sorted(mine)  # each exactly once so far
