@@ -246,9 +246,11 @@ class ConsumerLoop:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            if self._committing is not None:
-                await self._committing  # the last batch handled is committed before leaving
-            await self.consumer.stop()
+            try:
+                if self._committing is not None:
+                    await self._committing  # the last batch handled is committed before leaving
+            finally:
+                await self.consumer.stop()
 
     async def _read(self, ahead: asyncio.Queue[_Parsed]) -> None:
         while not self._stopping.is_set():
