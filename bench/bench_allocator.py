@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import random
 import sys
@@ -17,10 +16,9 @@ import time
 from collections.abc import Sequence
 
 import asyncpg
-import psutil
 from rich.console import Console
 
-from bench.common import BenchResult
+from bench.common import BenchResult, cpu_seconds
 from bench.stack_parts import embedded
 from deploy.embedded.processes import ManagedProcess, free_port
 from services.allocator.main import SQL
@@ -107,17 +105,7 @@ class CpuMeter:
         self._start: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
-        used: dict[str, float] = {}
-        for part, pids in self.roots.items():
-            used[part] = 0.0
-            for pid in pids:
-                with contextlib.suppress(psutil.Error, TypeError):
-                    root = psutil.Process(pid)
-                    for proc in (root, *root.children(recursive=True)):
-                        with contextlib.suppress(psutil.Error):
-                            times = proc.cpu_times()
-                            used[part] += times.user + times.system
-        return used
+        return {part: sum(cpu_seconds(pid) for pid in pids) for part, pids in self.roots.items()}
 
     def start(self) -> None:
         self._start = self._now()

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import SecretStr
 from rich.console import Console
 
-from bench.common import BenchResult, percentile
+from bench.common import BenchResult, cpu_seconds, percentile
 from deploy.embedded.broker import EmbeddedBroker
 from deploy.embedded.postgres import EmbeddedPostgres
 from deploy.embedded.processes import ManagedProcess, free_port
@@ -70,12 +69,6 @@ async def _until_pg(dsn: str) -> None:
         except (OSError, asyncpg.PostgresError):
             await asyncio.sleep(0.2)
     raise RuntimeError("PostgreSQL did not start")
-
-
-def _cpu(process: ManagedProcess) -> float:
-    assert process.pid is not None
-    times = psutil.Process(process.pid).cpu_times()
-    return float(times.user + times.system)
 
 
 def _events(cipher: CodeCipher, count: int, prefix: str) -> list[CodeAllocated]:
@@ -234,12 +227,12 @@ async def run(console: Console) -> BenchResult:
             await _push(broker.bootstrap, consumer, _events(cipher, WARMUP, "w"))
             console.print(f"measuring: {ORDERS} deliveries, WhatsApp answering in {LATENCY_MS} ms")
             measured = _events(cipher, ORDERS, "m")
-            cpu_before, sandbox_before = _cpu(notifier), _cpu(sandbox)
+            cpu_before, sandbox_before = cpu_seconds(notifier.pid), cpu_seconds(sandbox.pid)
             elapsed, paid_to_sent, paid_to_accepted = await _push(
                 broker.bootstrap, consumer, measured
             )
-            cpu_per_delivery = (_cpu(notifier) - cpu_before) / ORDERS
-            sandbox_cpu = (_cpu(sandbox) - sandbox_before) / ORDERS
+            cpu_per_delivery = (cpu_seconds(notifier.pid) - cpu_before) / ORDERS
+            sandbox_cpu = (cpu_seconds(sandbox.pid) - sandbox_before) / ORDERS
             console.print(f"steady: {STEADY} deliveries at {STEADY_RATE}/s")
             _, steady_sent, steady_accepted = await _push(
                 broker.bootstrap, consumer, _events(cipher, STEADY, "s"), rate=STEADY_RATE

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from bench import load, profiling, relay
 from bench.bench_allocator import SKUS, bare_claims
-from bench.common import BenchResult, percentile
+from bench.common import BenchResult, percentile, process_family
 from bench.follow import Flow, Follower
 from bench.plot import draw
 from deploy.embedded.stack import Stack, StackOptions
@@ -63,13 +63,11 @@ class RssPeaks:
     async def _run(self) -> None:
         while True:
             for name, process in self.stack.all_processes().items():
-                with contextlib.suppress(psutil.Error, TypeError):
-                    proc = psutil.Process(process.pid)
-                    family = (
-                        [proc, *proc.children(recursive=True)] if name == "postgres" else [proc]
-                    )
+                family = process_family(process.pid, children=name == "postgres")
+                with contextlib.suppress(psutil.Error):
                     rss = sum(p.memory_info().rss for p in family) / MIB
-                    self.peak_mib[name] = max(rss, self.peak_mib.get(name, 0.0))
+                    if family:
+                        self.peak_mib[name] = max(rss, self.peak_mib.get(name, 0.0))
             await asyncio.sleep(0.5)
 
     async def stop(self) -> None:

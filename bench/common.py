@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import psutil
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,3 +43,23 @@ class BenchResult:
 
     def add(self, name: str, value: float, unit: str, target: str = "", note: str = "") -> None:
         self.measurements.append(Measurement(name, value, unit, target, note))
+
+
+def process_family(pid: int | None, *, children: bool = True) -> list[psutil.Process]:
+    """The process and (by default) every process it started — PostgreSQL's backends, say;
+    empty when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)] if children else [root]
+    except (psutil.Error, TypeError):
+        return []
+
+
+def cpu_seconds(pid: int | None, *, children: bool = True) -> float:
+    """User + system CPU seconds used so far by a process and its family."""
+    total = 0.0
+    for proc in process_family(pid, children=children):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
