@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import pkgutil
 import time
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import BenchResult
+from deploy.embedded.broker import EMBEDDED_ENV
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -31,6 +33,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", help=f"which benchmarks (default all): {available()}")
     args = parser.parse_args()
+    # every bench runs on the embedded broker (its services inherit this environment)
+    os.environ.update(EMBEDDED_ENV)
     console = Console()
     results: list[BenchResult] = []
     for name in args.names or available():

@@ -20,13 +20,14 @@ from rich.console import Console
 
 from bench.common import BenchResult, cpu_seconds
 from bench.stack_parts import embedded
+from deploy.embedded.broker import client_settings
 from deploy.embedded.processes import ManagedProcess, free_port
 from services.allocator.main import SQL
+from shared import kafka_clients
 from shared.codecrypt import generate_key_settings
 from shared.db import migrate
 from shared.events import Customer, OrderLine, OrderPaid, event_id_for, utcnow
-from shared.kafka import make_producer, publish
-from shared.settings import ServiceSettings
+from shared.kafka import publish
 
 SKUS = [f"SKU-{i}" for i in range(10)]
 VAULT = 1_000_000
@@ -127,7 +128,7 @@ async def through_service(
     run = f"bench-{processes}"
     backlog = orders(ORDERS, run)
     units = sum(o.lines[0].quantity for o in backlog)
-    producer = make_producer(ServiceSettings(kafka_bootstrap=parts.kafka))
+    producer = kafka_clients.producer(client_settings(parts.kafka))
     await producer.start()
     try:
         for start in range(0, len(backlog), 1000):

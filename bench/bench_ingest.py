@@ -20,7 +20,7 @@ import asyncpg
 from rich.console import Console
 
 from bench.common import BenchResult, percentile
-from deploy.embedded.broker import EmbeddedBroker
+from deploy.embedded.broker import EmbeddedBroker, client_settings
 from deploy.embedded.postgres import EmbeddedPostgres
 from deploy.embedded.processes import ManagedProcess, free_port
 
@@ -265,7 +265,7 @@ async def run(console: Console) -> BenchResult:
         await _register(dsn)
         from shared.kafka import ensure_topics, topic_specs
 
-        await ensure_topics(broker.bootstrap, topic_specs(4))
+        await ensure_topics(client_settings(broker.bootstrap), topic_specs(4))
 
         bare_port, gateway_port = free_port(), free_port()
         bare = ManagedProcess(

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 from rich.console import Console
 
 from bench.common import BenchResult, cpu_seconds, percentile
-from deploy.embedded.broker import EmbeddedBroker
+from deploy.embedded.broker import EmbeddedBroker, client_settings
 from deploy.embedded.postgres import EmbeddedPostgres
 from deploy.embedded.processes import ManagedProcess, free_port
+from shared import kafka_clients
 from shared.codecrypt import CodeCipher, generate_key_settings
 from shared.events import (
     AllocatedCode,
@@ -106,9 +107,7 @@ async def _push(
 ) -> tuple[float, list[float], list[float]]:
     """Produce the events (paid now) and wait for their message.sent; returns the elapsed
     seconds, paid→sent latencies seen by the bench, and the notifier's paid→accepted."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=2, acks="all"
-    )
+    producer = kafka_clients.producer(client_settings(bootstrap))
     await producer.start()
     waiting = {e.event_id for e in events}
     paid_to_sent: list[float] = []
@@ -168,7 +167,7 @@ async def run(console: Console) -> BenchResult:
         admin = await asyncpg.connect(postgres.dsn)
         await admin.execute("CREATE DATABASE bench")
         await admin.close()
-        await ensure_topics(broker.bootstrap, topic_specs(4))
+        await ensure_topics(client_settings(broker.bootstrap), topic_specs(4))
 
         sandbox_port, notifier_port = free_port(), free_port()
         config = {
@@ -217,8 +216,8 @@ async def run(console: Console) -> BenchResult:
         await _until_http(f"http://127.0.0.1:{sandbox_port}/healthz")
         await _until_http(f"http://127.0.0.1:{notifier_port}/readyz")
 
-        consumer = AIOKafkaConsumer(
-            "message.sent", bootstrap_servers=broker.bootstrap, fetch_max_wait_ms=10
+        consumer = kafka_clients.reader(
+            client_settings(broker.bootstrap), "message.sent", fetch_max_wait_ms=10
         )
         await consumer.start()
         try:

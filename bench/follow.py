@@ -9,8 +9,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from deploy.embedded.broker import client_settings
+from shared import kafka_clients
 from shared.events import CodeAllocated, MessageSent, OrderPaid
 
 STAGES = {OrderPaid.topic: "received", CodeAllocated.topic: "allocated", MessageSent.topic: "sent"}
@@ -43,9 +45,7 @@ class Flow:
 class Follower:
     def __init__(self, bootstrap: str):
         self.flow = Flow()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
-        )
+        self.consumer = kafka_clients.reader(client_settings(bootstrap), fetch_max_wait_ms=20)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -14,8 +14,9 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.kafka import TopicSpec, ensure_topics, make_producer
-from shared.settings import ServiceSettings
+from deploy.embedded.broker import client_settings
+from shared import kafka_clients
+from shared.kafka import TopicSpec, ensure_topics
 
 HOPS = 3
 TOPICS = [f"bench.relay.{n}" for n in range(HOPS + 1)]
@@ -23,17 +24,9 @@ PAD = b"x" * 500  # about the size of an order event
 
 
 def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
-    settings = ServiceSettings(kafka_bootstrap=bootstrap)
-    return AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,  # commit after relaying, as the services do
-        auto_offset_reset="latest",
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        max_poll_records=settings.kafka_max_batch,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+    # a group member configured as the services' are; it commits after relaying, as they do
+    return kafka_clients.group_consumer(
+        client_settings(bootstrap), topic, group_id=group, auto_offset_reset="latest"
     )
 
 
@@ -52,9 +45,8 @@ async def _relay(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, out: st
 
 async def measure(bootstrap: str, rate: float, seconds: float) -> list[float]:
     """End-to-end latencies (ms) of messages sent at `rate`/s for `seconds` through 3 relays."""
-    await ensure_topics(bootstrap, [TopicSpec(t, 4) for t in TOPICS])
-    settings = ServiceSettings(kafka_bootstrap=bootstrap)
-    producer = make_producer(settings)
+    await ensure_topics(client_settings(bootstrap), [TopicSpec(t, 4) for t in TOPICS])
+    producer = kafka_clients.producer(client_settings(bootstrap))
     consumers = [_consumer(bootstrap, TOPICS[n], f"bench-relay-{n}") for n in range(HOPS)]
     end = _consumer(bootstrap, TOPICS[-1], "bench-relay-end")
     latencies: list[float] = []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from deploy.embedded.broker import EmbeddedBroker
+from deploy.embedded.broker import EmbeddedBroker, client_settings
 from deploy.embedded.postgres import EmbeddedPostgres
 from deploy.embedded.processes import free_port
 from shared.kafka import ensure_topics, topic_specs
@@ -45,7 +45,7 @@ async def embedded(partitions: int = 4) -> AsyncIterator[Parts]:
                 raise RuntimeError("PostgreSQL did not start")
             await conn.execute("CREATE DATABASE bench")
             await conn.close()
-            await ensure_topics(broker.bootstrap, topic_specs(partitions))
+            await ensure_topics(client_settings(broker.bootstrap), topic_specs(partitions))
             yield Parts(home, postgres.dsn_for("bench"), broker.bootstrap, postgres, broker)
         finally:
             broker.stop()

@@ -19,9 +19,10 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from aiokafka import AIOKafkaConsumer
 
 from bench.load import NO_ANSWER, SentOrder
+from deploy.embedded.broker import client_settings
+from shared import kafka_clients
 from shared.codecrypt import CodeCipher, SealedCode
 from shared.events import CodeAllocated, MessageFailed, OrderPaid
 from shared.settings import VaultKeySettings
@@ -63,9 +64,7 @@ def cipher_of(home: Path) -> CodeCipher:
 
 async def read_topic(kafka: str, topic: str) -> list[bytes]:
     """Every record on `topic` from the start, until the broker has nothing more."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka, auto_offset_reset="earliest", enable_auto_commit=False
-    )
+    consumer = kafka_clients.reader(client_settings(kafka), topic)
     await consumer.start()
     values: list[bytes] = []
     try:

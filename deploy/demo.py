@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from deploy.embedded.broker import client_settings
+from shared import kafka_clients
 from shared.events import CodeAllocated, MessageFailed, MessageSent
 
 
@@ -184,9 +186,7 @@ class _Watcher:
 
     def __init__(self, bootstrap: str, result: SurgeResult):
         self.result = result
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
-        )
+        self.consumer = kafka_clients.reader(client_settings(bootstrap), fetch_max_wait_ms=20)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -1,4 +1,6 @@
-"""Kafka plumbing shared by the services: producer factory, topic set-up, the consumer loop.
+"""Kafka plumbing shared by the services: publishing, topic set-up, the consumer loop.
+
+Clients themselves are built in `shared.kafka_clients`, nowhere else.
 
 Delivery is at-least-once: offsets are committed only after a batch's effects are durable,
 and every handler is idempotent (it records processed event ids with its effect).
@@ -16,20 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaError,
     TopicAlreadyExistsError,
 )
-from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
-from shared import metrics
+from shared import kafka_clients, metrics, topology
 from shared.events import EVENT_BY_TOPIC, Event, dlq_topic, validation_summary
-from shared.settings import ServiceSettings
+from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +41,6 @@ class PermanentError(Exception):
 
 class RetriableError(Exception):
     """A dependency is down or busy: the batch is retried, uncommitted, with backoff."""
-
-
-def connection_options(settings: ServiceSettings) -> dict[str, Any]:
-    """Bootstrap, and TLS/SASL when the cluster asks for them: the same for every client."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if "SSL" in settings.kafka_security_protocol:
-        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    return options
-
-
-def make_producer(settings: ServiceSettings, **overrides: Any) -> AIOKafkaProducer:
-    """A producer that returns only once every in-sync replica has the record."""
-    options: dict[str, Any] = {
-        **connection_options(settings),
-        "acks": "all",
-        # The embedded broker cannot do InitProducerId; dedupe happens in consumers instead.
-        "enable_idempotence": False,
-        "linger_ms": 2,
-        "request_timeout_ms": 10000,
-        "max_batch_size": 256 * 1024,
-    }
-    options.update(overrides)
-    return AIOKafkaProducer(**options)
 
 
 async def publish(producer: AIOKafkaProducer, events: Iterable[Event], service: str = "") -> None:
@@ -125,17 +96,19 @@ class TopicSpec:
 
 
 def topic_specs(partitions: int = 4) -> list[TopicSpec]:
-    """Every topic of the system, with its dead-letter twin."""
-    specs = []
-    for topic in EVENT_BY_TOPIC:
-        specs.append(TopicSpec(topic, partitions, compacted=topic == "store.config"))
-        specs.append(TopicSpec(dlq_topic(topic), 1))
-    return specs
+    """The topology's topics for a broker of our own (the embedded one, a test's): the
+    pipeline's with `partitions`, dead-letter topics with one. faust creates its own."""
+    return [
+        TopicSpec(t.name, 1 if t.name.endswith(".dlq") else partitions, t.compacted)
+        for t in topology.TOPICS
+        if not t.internal
+    ]
 
 
-async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec]) -> None:
-    """Create missing topics; faust tables need their source's partition count to be exact."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> None:
+    """Create missing topics; faust tables need their source's partition count to be exact.
+    (In Kubernetes the topic operator creates them from the KafkaTopics instead.)"""
+    admin = kafka_clients.admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -185,34 +158,29 @@ class ConsumerLoop:
         self,
         *,
         service: str,
-        settings: ServiceSettings,
-        group_id: str,
+        consumer: AIOKafkaConsumer,
         handlers: dict[str, Handler],
         producer: AIOKafkaProducer,
         retriable: tuple[type[BaseException], ...] = (),
         max_backoff_s: float = 5.0,
-        consumer_options: dict[str, Any] | None = None,
     ):
+        """`consumer` is a group consumer from `kafka_clients.group_consumer`, subscribed to
+        exactly the handlers' topics (the service's wiring builds it, so that every client a
+        service makes is built in one place)."""
+        subscribed = consumer.subscription()
+        if subscribed != set(handlers):
+            raise ValueError(
+                f"consumer subscribes {sorted(subscribed)}, handlers {sorted(handlers)}"
+            )
         self.service = service
-        self.group_id = group_id
+        self.group_id: str = consumer._group_id
         self.handlers = handlers
         self.producer = producer
         self.retriable = (RetriableError, KafkaError, OSError, *retriable)
         self.max_backoff_s = max_backoff_s
-        self.max_batch = settings.kafka_max_batch
+        self.max_batch: int = consumer._max_poll_records
         self._stopping = asyncio.Event()
-        self.consumer = AIOKafkaConsumer(
-            *handlers,
-            **connection_options(settings),
-            group_id=group_id,
-            enable_auto_commit=False,  # commit after processing: at-least-once
-            auto_offset_reset="earliest",
-            session_timeout_ms=settings.kafka_session_timeout_ms,
-            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-            max_poll_records=settings.kafka_max_batch,
-            **(consumer_options or {}),
-        )
+        self.consumer = consumer
         self.ready = False
         self._committing: asyncio.Task[None] | None = None
 

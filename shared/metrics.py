@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
@@ -35,3 +37,22 @@ CONSUMER_LAG = Gauge(
 EVENTS_PUBLISHED = Counter(
     "tasleem_events_published_total", "Events acknowledged by the broker", ["service", "topic"]
 )
+
+
+def init_consumer_series(service: str, topics: Iterable[str]) -> None:
+    """The series of a consumer's topics at zero from the start (Prometheus' instrumentation
+    guide), so `rate()` and `increase()` have a series before the first message or dead
+    letter. The lag is left out: a partition's lag is known only once it is assigned."""
+    for topic in topics:
+        for outcome in ("ok", "dead_lettered"):
+            MESSAGES.labels(service, topic, outcome)
+        RETRIES.labels(service, topic)
+        DEAD_LETTERS.labels(service, topic)
+        HANDLER_SECONDS.labels(service, topic)
+        BATCH_SIZE.labels(service, topic)
+
+
+def init_published_series(service: str, topics: Iterable[str]) -> None:
+    """`tasleem_events_published_total` at zero for each topic the service publishes to."""
+    for topic in topics:
+        EVENTS_PUBLISHED.labels(service, topic)

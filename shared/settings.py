@@ -8,19 +8,13 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServiceSettings(BaseSettings):
-    """What every service needs: where the broker and database are, and its admin server."""
+class KafkaSettings(BaseSettings):
+    """How to reach the broker, and how every client behaves there: one set for services and
+    tools alike, so no client can be built without the cluster's TLS and SASL."""
 
     model_config = SettingsConfigDict(env_prefix="TASLEEM_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/tasleem"
-    db_pool_min: int = 1
-    db_pool_max: int = 8
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 9100
-    log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"
     # A stale consumer-group member blocks a rebalance for this long: short, so a killed
     # process's partitions move to its peers quickly.
     kafka_session_timeout_ms: int = 6000
@@ -36,6 +30,22 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str = ""
     kafka_sasl_password: SecretStr = SecretStr("")
     kafka_ssl_cafile: str = ""  # the cluster CA; empty = the system's trust store
+    # Kafka's idempotent producer: a retried send is never written twice. Real Kafka has it;
+    # the embedded broker cannot answer InitProducerId, so the embedded stack turns it off
+    # (consumers deduplicate by event id either way).
+    kafka_idempotence: bool = True
+
+
+class ServiceSettings(KafkaSettings):
+    """What every service needs: the broker, the database, and its admin server."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/tasleem"
+    db_pool_min: int = 1
+    db_pool_max: int = 8
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9100
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
     shutdown_grace_s: float = 10.0
     # Objects allocated before the cyclic garbage collector runs (Python's default: 700). A
     # batch of 2,000 events allocates far more than that, and the collections cost the

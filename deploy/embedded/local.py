@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from shared.settings import VaultKeySettings
+from deploy.embedded.broker import client_settings
+from shared.settings import KafkaSettings, VaultKeySettings
 
 DEFAULT_HOME = Path(".tasleem")
 
@@ -31,6 +32,20 @@ def database_url(home: Path = DEFAULT_HOME) -> str:
     if url := os.environ.get("TASLEEM_DATABASE_URL"):
         return url
     return str(stack_info(home)["database"])
+
+
+def admin_token(home: Path = DEFAULT_HOME) -> str:
+    """The bearer token `tasleem up` gives the local admin APIs (README: `.tasleem/admin_token`)."""
+    path = home / "admin_token"
+    return path.read_text().strip() if path.exists() else ""
+
+
+def kafka_settings(home: Path = DEFAULT_HOME) -> KafkaSettings:
+    """The cluster named by TASLEEM_KAFKA_BOOTSTRAP (with its TLS/SASL settings from the
+    environment), or else the embedded stack's broker."""
+    if os.environ.get("TASLEEM_KAFKA_BOOTSTRAP"):
+        return KafkaSettings()
+    return client_settings(str(stack_info(home)["kafka"]))
 
 
 def vault_keys(home: Path = DEFAULT_HOME) -> VaultKeySettings:

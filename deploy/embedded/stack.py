@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 from pydantic import SecretStr
 
-from deploy.embedded.broker import EmbeddedBroker
+from deploy.embedded.broker import EMBEDDED_ENV, EmbeddedBroker, client_settings
 from deploy.embedded.postgres import EmbeddedPostgres
 from deploy.embedded.processes import ManagedProcess, free_port
 from services.allocator.main import SQL as ALLOCATOR_SQL
@@ -95,7 +95,7 @@ class Stack:
         keys = self._keys()
         stores = self._stores()
         await self._prepare_database(database_url, stores)
-        await ensure_topics(kafka, topic_specs(self.options.partitions))
+        await ensure_topics(client_settings(kafka), topic_specs(self.options.partitions))
 
         for name in ("sandbox", *SERVICES):
             self.ports[name] = free_port()
@@ -104,30 +104,10 @@ class Stack:
             "TASLEEM_KAFKA_BOOTSTRAP": kafka,
             "TASLEEM_DATABASE_URL": database_url,
             "TASLEEM_ADMIN_HOST": "127.0.0.1",
+            **EMBEDDED_ENV,
             **keys,
         }
-        env = {
-            "ingest": {"TASLEEM_INGEST_ADMIN_TOKEN": self._admin_token()},
-            "allocator": {"TASLEEM_ALLOCATOR_ADMIN_TOKEN": self._admin_token()},
-            "notifier": {
-                "TASLEEM_NOTIFIER_ADMIN_TOKEN": self._admin_token(),
-                "TASLEEM_WHATSAPP_BASE_URL": sandbox_url,
-                "TASLEEM_WHATSAPP_TOKEN": self._secret("whatsapp_token"),
-                "TASLEEM_WHATSAPP_PHONE_NUMBER_ID": "100200300",
-                **self._notifier_channels(sandbox_url),
-            },
-            "restocker": {
-                "TASLEEM_SUPPLIER_BASE_URL": f"{sandbox_url}/reloadly",
-                "TASLEEM_SUPPLIER_CLIENT_ID": "tasleem",
-                "TASLEEM_SUPPLIER_CLIENT_SECRET": self._secret("supplier_secret"),
-                "TASLEEM_SUPPLIER_PRODUCTS": json.dumps({s.sku: s.product_id for s in DEMO_SKUS}),
-                "TASLEEM_TOPIC_PARTITIONS": str(self.options.partitions),
-                "TASLEEM_REORDER_POINT": str(self.options.reorder_point),
-                "TASLEEM_ORDER_QUANTITY": str(self.options.order_quantity),
-                "TASLEEM_SUPPLIERS": json.dumps(self._restocker_suppliers(sandbox_url)),
-                **self.options.restocker_env,
-            },
-        }
+        env = self.service_env(sandbox_url)
         self._start_sandbox(stores)
         for name in SERVICES:
             self.processes[name] = ManagedProcess(
@@ -254,7 +234,6 @@ class Stack:
     def _notifier_channels(self, sandbox_url: str) -> dict[str, str]:
         """The notifier's SMS and email providers and receipts, all played by the sandbox."""
         return {
-            "TASLEEM_NOTIFIER_ADMIN_TOKEN": self._platform_secret("notifier-admin"),
             "TASLEEM_NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{self.ports['notifier']}",
             "TASLEEM_WHATSAPP_APP_SECRET": self._platform_secret("whatsapp-app"),
             # the demo surge runs at a high-tier number's throughput (the default is 80/s)
@@ -269,6 +248,31 @@ class Stack:
             "TASLEEM_SES_BASE_URL": sandbox_url,
             "TASLEEM_SES_ACCESS_KEY": "AKIDTASLEEMSANDBOX",
             "TASLEEM_SES_SECRET_KEY": self._platform_secret("ses"),
+        }
+
+    def service_env(self, sandbox_url: str) -> dict[str, dict[str, str]]:
+        """Each service's own TASLEEM_* settings (the common ones come on top)."""
+        return {
+            "ingest": {"TASLEEM_INGEST_ADMIN_TOKEN": self._admin_token()},
+            "allocator": {"TASLEEM_ALLOCATOR_ADMIN_TOKEN": self._admin_token()},
+            "notifier": {
+                "TASLEEM_NOTIFIER_ADMIN_TOKEN": self._admin_token(),
+                "TASLEEM_WHATSAPP_BASE_URL": sandbox_url,
+                "TASLEEM_WHATSAPP_TOKEN": self._secret("whatsapp_token"),
+                "TASLEEM_WHATSAPP_PHONE_NUMBER_ID": "100200300",
+                **self._notifier_channels(sandbox_url),
+            },
+            "restocker": {
+                "TASLEEM_SUPPLIER_BASE_URL": f"{sandbox_url}/reloadly",
+                "TASLEEM_SUPPLIER_CLIENT_ID": "tasleem",
+                "TASLEEM_SUPPLIER_CLIENT_SECRET": self._secret("supplier_secret"),
+                "TASLEEM_SUPPLIER_PRODUCTS": json.dumps({s.sku: s.product_id for s in DEMO_SKUS}),
+                "TASLEEM_TOPIC_PARTITIONS": str(self.options.partitions),
+                "TASLEEM_REORDER_POINT": str(self.options.reorder_point),
+                "TASLEEM_ORDER_QUANTITY": str(self.options.order_quantity),
+                "TASLEEM_SUPPLIERS": json.dumps(self._restocker_suppliers(sandbox_url)),
+                **self.options.restocker_env,
+            },
         }
 
     def _admin_token(self) -> str:

@@ -3,26 +3,57 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.allocator import admin, handlers
 from services.allocator.handlers import Applied
 from services.allocator.levels import LevelReporter
 from services.allocator.outbox import Relay
 from services.allocator.settings import AllocatorSettings
-from shared import runtime
+from shared import kafka_clients, metrics, runtime
 from shared.admin_auth import admin_guard
 from shared.codecrypt import CodeCipher
 from shared.db import RETRIABLE_DB_ERRORS, DbConn, connect_and_migrate, ping
-from shared.events import CodesPurchased, MessageSent, OrderCancelled, OrderPaid
-from shared.kafka import ConsumerLoop, make_producer
+from shared.events import (
+    CodeAllocated,
+    CodeRevoked,
+    CodesPurchased,
+    InventoryLevel,
+    MessageSent,
+    OrderCancelled,
+    OrderPaid,
+)
+from shared.kafka import ConsumerLoop
 
 SQL = Path(__file__).parent / "sql"
 SERVICE = "allocator"
+PUBLISHED = (CodeAllocated.topic, CodeRevoked.topic, InventoryLevel.topic)
+
+
+CONSUMED = (OrderPaid.topic, CodesPurchased.topic, OrderCancelled.topic, MessageSent.topic)
+
+
+@dataclass(frozen=True)
+class KafkaClients(kafka_clients.ClientSet):
+    """Every Kafka client the allocator makes, built (not started) in one place."""
+
+    producer: AIOKafkaProducer  # the outbox relay, stock levels and dead letters
+    consumer: AIOKafkaConsumer
+
+
+def kafka(settings: AllocatorSettings) -> KafkaClients:
+    return KafkaClients(
+        producer=kafka_clients.producer(settings),
+        consumer=kafka_clients.group_consumer(
+            settings, *CONSUMED, group_id=settings.consumer_group
+        ),
+    )
 
 
 def transactional(
@@ -44,6 +75,13 @@ def transactional(
     return handle
 
 
+def init_series(consumed: Iterable[str]) -> None:
+    """Each topic's consumer and publisher series at zero from the start, so a `rate()` of
+    dead letters or retries has a series before the first one."""
+    metrics.init_consumer_series(SERVICE, consumed)
+    metrics.init_published_series(SERVICE, PUBLISHED)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     settings = rt.settings
@@ -52,9 +90,10 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     pool = await connect_and_migrate(
         settings.database_url, "allocator", SQL, max_size=settings.db_pool_max
     )
-    producer = make_producer(settings)
-    await producer.start()
+    clients = kafka(settings)
+    producer = clients.producer
     try:
+        await producer.start()
         relay = Relay(pool, producer, SERVICE)
         levels = LevelReporter(
             pool,
@@ -69,8 +108,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
 
         loop = ConsumerLoop(
             service=SERVICE,
-            settings=settings,
-            group_id=settings.consumer_group,
+            consumer=clients.consumer,
             producer=producer,
             retriable=RETRIABLE_DB_ERRORS,
             handlers={
@@ -80,6 +118,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
                 MessageSent.topic: transactional(pool, relay, levels, handlers.mark_delivered),
             },
         )
+        init_series(loop.handlers)
         rt.app[admin.POOL] = pool
         rt.app[admin.CIPHER] = cipher
         rt.app[admin.RELAY] = relay
@@ -101,7 +140,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         yield
         await relay.drain()  # what the consumer's last batch committed goes out now
     finally:
-        await producer.stop()
+        await clients.close()
         await pool.close()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +21,7 @@ from rich.table import Table
 from deploy.embedded import local
 from services.ingest import store_changes
 from services.ingest.stores import Store, StoreRegistry, remove_store, upsert_store
+from shared import kafka_clients
 from shared.kafka import publish
 
 app = typer.Typer(no_args_is_help=True, help="Manage the store registry of the ingest gateway.")
@@ -49,12 +49,6 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _bootstrap(home: Path) -> str:
-    if bootstrap := os.environ.get("TASLEEM_KAFKA_BOOTSTRAP"):
-        return bootstrap
-    return str(local.stack_info(home)["kafka"])
-
-
 async def _change(home: Path, store_id: str, edit: Callable[[Store | None], Store]) -> Store | None:
     """Read the store, apply `edit`, save, publish store.config; returns the saved store."""
     try:
@@ -77,16 +71,17 @@ async def _change(home: Path, store_id: str, edit: Callable[[Store | None], Stor
 
 
 async def _publish(home: Path, store: Store) -> None:
-    from aiokafka import AIOKafkaProducer
-
+    producer = None
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(home), acks="all")
+        producer = kafka_clients.producer(local.kafka_settings(home))
         await producer.start()
     except Exception as exc:  # the change is saved: say so, and how to finish it
         console.print(
             f"[yellow]saved, but store.config was not published ({type(exc).__name__}); "
             "the gateway publishes every store again when it starts[/yellow]"
         )
+        if producer is not None:
+            await producer.stop()
         return
     try:
         await publish(producer, [store_changes.config_event(store)], "cli")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.ingest import orders
 from services.ingest.errors import InvalidOrder, InvalidSignature
 from services.ingest.stores import Store
+from shared.admin_auth import bearer_token
 from shared.events import OrderCancelled, OrderPaid, validation_summary
 
 PLATFORM = "salla"
@@ -29,8 +30,9 @@ ORDER_EVENTS = {"order.created", "order.updated", "order.payment.updated", "orde
 def verify(store: Store, headers: Mapping[str, str], raw: bytes) -> None:
     """`Signature`: hex HMAC-SHA256 of the body; `Token`: the secret in Authorization."""
     if store.salla_strategy == "token":
-        offered = headers.get("Authorization", "").strip()
-        offered = offered.removeprefix("Bearer ").strip()
+        # Salla sends the token bare or as a bearer credential, in any case of the scheme
+        authorization = headers.get("Authorization", "").strip()
+        offered = bearer_token(authorization) or authorization
         if offered and any(
             hmac.compare_digest(offered.encode(), s.encode()) for s in store.secrets
         ):

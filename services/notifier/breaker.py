@@ -22,6 +22,11 @@ STATE = Gauge(
     "Circuit breaker per provider: 0 closed, 1 half-open (probing), 2 open (skipped)",
     ["provider"],
 )
+CIRCUIT_OPEN = Gauge(
+    "tasleem_provider_circuit_open",
+    "1 while the provider's circuit is not closed (open, or half-open with one probe), else 0",
+    ["provider"],
+)
 TRANSITIONS = Counter(
     "tasleem_notifier_breaker_transitions_total",
     "Circuit breaker state changes",
@@ -53,6 +58,7 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self.state = State.CLOSED
         STATE.labels(provider).set(0)
+        CIRCUIT_OPEN.labels(provider).set(0)
 
     def allow(self) -> bool:
         """May a call go to this provider now? Never waits."""
@@ -80,4 +86,5 @@ class CircuitBreaker:
         log.warning("provider %s circuit %s -> %s", self.provider, self.state.name, state.name)
         self.state = state
         STATE.labels(self.provider).set(int(state))
+        CIRCUIT_OPEN.labels(self.provider).set(0 if state is State.CLOSED else 1)
         TRANSITIONS.labels(self.provider, state.name.lower()).inc()

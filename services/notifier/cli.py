@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 from pathlib import Path
@@ -14,6 +12,7 @@ import aiohttp
 import typer
 from rich.console import Console
 
+from deploy.embedded import local
 from services.notifier import messages
 from shared.events import StoreConfig
 
@@ -56,15 +55,6 @@ def preview(
     console.print(messages.text(content, "sms", settings), markup=False, soft_wrap=True)
 
 
-def _embedded_admin_token(home: Path) -> str:
-    """The token `tasleem up` gave its notifier (derived from the stack's persisted secret)."""
-    path = home / "secrets.json"
-    if not path.exists():
-        return ""
-    seed = json.loads(path.read_text()).get("store_secret", "").encode()
-    return hmac.new(seed, b"notifier-admin", hashlib.sha256).hexdigest()
-
-
 @app.command()
 def resend(
     order_key: Annotated[str, typer.Argument(help="{platform}:{store_id}:{order_id}")],
@@ -81,7 +71,7 @@ def resend(
             console.print("[red]no --url and no running stack (start one with `tasleem up`)[/red]")
             raise typer.Exit(2)
         url = json.loads(stack.read_text())["notifier"]
-        token = token or _embedded_admin_token(home)
+        token = token or local.admin_token(home)
 
     async def call() -> tuple[int, dict[str, object]]:
         async with (

@@ -9,28 +9,31 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import aiohttp
 import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiolimiter import AsyncLimiter
 
 from services.notifier import admin, receipts
-from services.notifier.breaker import CircuitBreaker
+from services.notifier.breaker import TRANSITIONS, CircuitBreaker, State
 from services.notifier.email import SesEmail
-from services.notifier.handlers import Delivery, deliver, resume, revoke
+from services.notifier.handlers import ATTEMPTS, DELIVERY_SECONDS, Delivery, deliver, resume, revoke
 from services.notifier.journal import Coalescer
 from services.notifier.policy import StoreDirectory
-from services.notifier.providers import Provider
+from services.notifier.providers import Failure, Provider
 from services.notifier.settings import NotifierSettings
 from services.notifier.sms import Twilio, Unifonic
 from services.notifier.whatsapp import WhatsAppCloud
-from shared import runtime
+from shared import kafka_clients, metrics, runtime
 from shared.admin_auth import admin_guard
 from shared.codecrypt import CodeCipher
 from shared.db import RETRIABLE_DB_ERRORS, connect_and_migrate, ping
-from shared.events import CodeAllocated, CodeRevoked, Event
-from shared.kafka import ConsumerLoop, make_producer, publish
+from shared.events import CodeAllocated, CodeRevoked, Event, MessageFailed, MessageSent
+from shared.kafka import ConsumerLoop, publish
 
 SQL = Path(__file__).parent / "sql"
 SERVICE = "notifier"
@@ -93,6 +96,25 @@ def build_providers(
     return {channel: providers for channel, providers in found.items() if providers}
 
 
+@dataclass(frozen=True)
+class KafkaClients(kafka_clients.ClientSet):
+    """Every Kafka client the notifier makes, built (not started) in one place."""
+
+    producer: AIOKafkaProducer
+    consumer: AIOKafkaConsumer  # code.allocated and code.revoked, in the notifier's group
+    store_config: AIOKafkaConsumer  # every replica reads every store's settings
+
+
+def kafka(settings: NotifierSettings) -> KafkaClients:
+    return KafkaClients(
+        producer=kafka_clients.producer(settings),
+        consumer=kafka_clients.group_consumer(
+            settings, CodeAllocated.topic, CodeRevoked.topic, group_id=settings.consumer_group
+        ),
+        store_config=kafka_clients.reader(settings, fetch_max_wait_ms=200),
+    )
+
+
 def rate_limiter(per_second: float) -> AsyncLimiter:
     """At most `per_second` on average, in bursts of at most a tenth of a second's worth."""
     burst = max(1.0, per_second / 10)
@@ -130,6 +152,24 @@ def build_delivery(
     )
 
 
+def init_series(delivery: Delivery) -> None:
+    """The series of every configured channel and provider at zero from the start, so the
+    delivery SLO's and the circuits' queries have a series before the first message (each
+    provider's circuit gauge is set to 0 by its breaker, built with the delivery)."""
+    metrics.init_consumer_series(SERVICE, [CodeAllocated.topic, CodeRevoked.topic])
+    metrics.init_published_series(SERVICE, [MessageSent.topic, MessageFailed.topic])
+    for channel, providers in delivery.providers.items():
+        DELIVERY_SECONDS.labels(channel)
+        for provider in providers:
+            delivery.breaker(provider.name)
+            for outcome in ("accepted", *get_args(Failure)):
+                ATTEMPTS.labels(provider.name, outcome)
+            for state in State:
+                TRANSITIONS.labels(provider.name, state.name.lower())
+            for status in get_args(receipts.Status):
+                receipts.RECEIPTS.labels(provider.name, status)
+
+
 async def sweep(pool: asyncpg.Pool, delivery: Delivery, older_than_s: float) -> int:
     """Resume parts left unfinished (a crash after their batch was committed)."""
     rows = await pool.fetch(
@@ -161,15 +201,17 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     pool = await connect_and_migrate(
         settings.database_url, "notifier", SQL, max_size=settings.db_pool_max
     )
-    producer = make_producer(settings)
-    await producer.start()
+    clients = kafka(settings)
+    producer = clients.producer
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
         connector=aiohttp.TCPConnector(limit=settings.max_concurrent_sends),
     )
     stores = StoreDirectory()
     delivery = build_delivery(settings, build_providers(settings, session), cipher, stores)
+    init_series(delivery)
     try:
+        await producer.start()
 
         async def publish_events(events: list[Event]) -> None:
             await publish(producer, events, SERVICE)
@@ -194,8 +236,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
 
         loop = ConsumerLoop(
             service=SERVICE,
-            settings=settings,
-            group_id=settings.consumer_group,
+            consumer=clients.consumer,
             producer=producer,
             retriable=RETRIABLE_DB_ERRORS,
             handlers={CodeAllocated.topic: on_allocated, CodeRevoked.topic: on_revoked},
@@ -213,9 +254,11 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
                         log.warning("resume sweep failed: %r", exc)
 
         rt.add_worker("consumer", loop.run, loop.stop)
-        rt.add_worker("store-config", lambda: stores.follow(settings.kafka_bootstrap), stores.stop)
+        rt.add_worker("store-config", lambda: stores.follow(clients.store_config), stores.stop)
         rt.add_worker("sweeper", sweeper, stopping.set)
         rt.add_check("consumer", lambda: loop.ready)
+        # without every store's settings a message would go out on the default channels
+        rt.add_check("store-config", lambda: stores.ready)
         rt.add_check("database", lambda: ping(pool))
         rt.app.middlewares.append(admin_guard(settings.notifier_admin_token.get_secret_value()))
         rt.app.add_routes(admin.routes(pool, delivery, publish_events))
@@ -236,7 +279,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     finally:
         await drain(delivery, settings.shutdown_grace_s)
         await session.close()
-        await producer.stop()
+        await clients.close()
         await pool.close()
 
 

@@ -46,13 +46,10 @@ class StoreDirectory:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def follow(self, bootstrap: str) -> None:
-        """Read the topic without a consumer group (every replica needs every store)."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=200
-        )
-        await consumer.start()
+    async def follow(self, consumer: AIOKafkaConsumer) -> None:
+        """Read the topic with a group-less `consumer` (every replica needs every store)."""
         try:
+            await consumer.start()
             partitions: set[int] | None = None
             while not partitions and not self._stopping.is_set():
                 partitions = consumer.partitions_for_topic(StoreConfig.topic)

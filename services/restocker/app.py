@@ -11,28 +11,41 @@ purchase tasks and the sweep timer write to it outside the stream.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
 import faust
-import faust.auth
 from aiohttp import web
-from aiokafka.helpers import create_ssl_context
+from faust.types import TP
 from prometheus_client import Gauge
 
 from services.restocker.policy import Purchase, SkuState, cover_minutes, decide, observe
-from services.restocker.purchasing import Ledger, Purchasing
+from services.restocker.purchasing import (
+    CODES_BOUGHT,
+    FAILOVERS,
+    PURCHASES,
+    SUPPLIER_ERRORS,
+    Ledger,
+    Purchasing,
+)
 from services.restocker.settings import RestockerSettings
-from services.restocker.suppliers import Delivery, Supplier, build
-from shared import runtime
+from services.restocker.suppliers import Delivery, Reason, Supplier, SupplierSettings, build
+from shared import kafka_clients, metrics, runtime
 from shared.codecrypt import CodeCipher
 from shared.events import CodesPurchased, InventoryLevel, dlq_topic, event_id_for, utcnow
 
 log = logging.getLogger(__name__)
 
-COVER = Gauge("tasleem_restocker_cover_minutes", "Minutes of sales the stock covers", ["sku"])
+SERVICE = "restocker"
+LAG_INTERVAL_S = 5.0  # how often tasleem_consumer_lag is measured (the others: every batch)
+STOCK_COVER = Gauge(
+    "tasleem_restocker_stock_cover_seconds",
+    "How long the available stock lasts at the current sales rate (+Inf: no sales)",
+    ["sku"],
+)
 SALES_RATE = Gauge("tasleem_restocker_sales_per_minute", "Weighted sales rate", ["sku"])
 
 
@@ -50,6 +63,56 @@ class TableLedger:
 
     def skus(self) -> Iterable[str]:
         return [key.decode() for key in self.table]
+
+
+def cover_seconds(state: SkuState) -> float:
+    """The stock's cover in seconds, Prometheus' base unit; +Inf while nothing sells."""
+    cover = cover_minutes(state)
+    return math.inf if cover is None else cover * 60
+
+
+def init_series(suppliers: Iterable[SupplierSettings]) -> None:
+    """The dead-letter and every configured supplier's (and its skus') series at zero from
+    the start, so `increase(...)` has a series before the first dead letter or purchase."""
+    metrics.DEAD_LETTERS.labels(SERVICE, InventoryLevel.topic)
+    for outcome in ("ok", "dead_lettered"):
+        metrics.MESSAGES.labels(SERVICE, InventoryLevel.topic, outcome)
+    for config in suppliers:
+        PURCHASES.labels(config.name)
+        FAILOVERS.labels(config.name)
+        for reason in Reason:
+            SUPPLIER_ERRORS.labels(config.name, reason.value)
+        for sku in config.products:
+            CODES_BOUGHT.labels(sku, config.name)
+
+
+async def export_consumer_lag(consumer: Any, group: str, topic: str, exported: set[TP]) -> None:
+    """`tasleem_consumer_lag` of this worker's partitions of `topic`, the family the aiokafka
+    services export: the partition's end offset (asked of the broker, so a partition faust has
+    paused still counts) minus the offset committed. Faust keeps the committed offset per
+    partition: read from the broker after each assignment, moved on every commit; before the
+    first commit the fetch position stands in. `exported` holds the partitions reported last
+    time: a partition no longer assigned loses its series."""
+    try:
+        assigned = {tp for tp in consumer.assignment() if tp.topic == topic}
+        ends = await consumer.highwaters(*assigned) if assigned else {}
+        committed = getattr(consumer, "_committed_offset", {})  # faust's own bookkeeping
+        lags = {}
+        for tp in assigned:
+            done = committed.get(tp)
+            if done is None:
+                done = await consumer.position(tp)
+            if ends.get(tp) is not None and done is not None:
+                lags[tp] = max(ends[tp] - done, 0)
+    except Exception as exc:  # a timer that raises would stop the worker
+        log.warning("consumer lag of %s not measured: %r", topic, exc)
+        return
+    for tp, lag in lags.items():
+        metrics.CONSUMER_LAG.labels(SERVICE, group, tp.topic, tp.partition).set(lag)
+    for tp in exported - assigned:
+        metrics.CONSUMER_LAG.remove(SERVICE, group, tp.topic, tp.partition)
+    exported.intersection_update(assigned)
+    exported.update(lags)
 
 
 def stock_report(ledger: Ledger, settings: RestockerSettings, lead: dict[str, float]) -> dict:
@@ -91,29 +154,12 @@ def stock_report(ledger: Ledger, settings: RestockerSettings, lead: dict[str, fl
     return {"skus": rows, "stock_low": [row["sku"] for row in rows if row["alert"]]}
 
 
-def kafka_credentials(settings: RestockerSettings) -> faust.auth.Credentials | None:
-    """The same TLS/SASL settings the aiokafka services use, in faust's terms."""
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    context = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return faust.SASLCredentials(
-        username=settings.kafka_sasl_username,
-        password=settings.kafka_sasl_password.get_secret_value(),
-        ssl_context=context if protocol == "SASL_SSL" else None,
-        mechanism=settings.kafka_sasl_mechanism,
-    )
-
-
 def create_app(settings: RestockerSettings) -> faust.App:
     cipher = CodeCipher.from_settings(settings)
     supplier_settings = settings.supplier_list()
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        broker_credentials=kafka_credentials(settings),
+        **kafka_clients.faust_broker(settings),  # the same TLS/SASL as every other client
         store="memory://",  # tables are rebuilt from their changelog topics after a restart
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
@@ -151,6 +197,7 @@ def create_app(settings: RestockerSettings) -> faust.App:
         for sku in config.products:
             lead.setdefault(sku, config.lead_time_s)
     held: dict[str, Any] = {}
+    init_series(supplier_settings)
 
     async def publish(sku: str, supplier: str, purchase: Purchase, delivery: Delivery) -> None:
         event = CodesPurchased(
@@ -200,14 +247,15 @@ def create_app(settings: RestockerSettings) -> faust.App:
                     ],
                 )
                 log.error("dead-lettered %s: %s", source, reason)
+                metrics.DEAD_LETTERS.labels(SERVICE, InventoryLevel.topic).inc()
+                metrics.MESSAGES.labels(SERVICE, InventoryLevel.topic, "dead_lettered").inc()
                 continue
             policy = settings.policy(level.sku, lead.get(level.sku, 30.0))
             state = ledger.get(level.sku)
             observe(state, level, policy)
             purchase = decide(state, level.sku, policy, time.time())
             ledger.put(level.sku, state)  # recorded before any supplier hears of it
-            cover = cover_minutes(state)
-            COVER.labels(level.sku).set(-1 if cover is None else cover)
+            STOCK_COVER.labels(level.sku).set(cover_seconds(state))
             SALES_RATE.labels(level.sku).set(state.rate * 60)
             if purchase is not None:
                 log.info(
@@ -220,12 +268,19 @@ def create_app(settings: RestockerSettings) -> faust.App:
                     state.rate * 60,
                 )
             purchasing().kick(level.sku)
+            metrics.MESSAGES.labels(SERVICE, InventoryLevel.topic, "ok").inc()
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:
         # retries that are due, pending orders, and purchases restored after a restart
         if recovered() and app.consumer.assignment():
             purchasing().sweep()
+
+    lag_exported: set[TP] = set()
+
+    @app.timer(interval=LAG_INTERVAL_S)
+    async def consumer_lag() -> None:
+        await export_consumer_lag(app.consumer, settings.app_id, InventoryLevel.topic, lag_exported)
 
     @app.task
     async def admin_server() -> None:

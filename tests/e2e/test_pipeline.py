@@ -7,14 +7,29 @@ import re
 import sys
 
 import aiohttp
+import promql_parser
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from deploy import demo
+from deploy.embedded.broker import client_settings
 from deploy.embedded.stack import Stack, StackOptions
+from shared import kafka_clients
 from shared.codecrypt import CodeCipher, SealedCode
-from shared.events import CodeAllocated
+from shared.events import CodeAllocated, InventoryLevel, MessageSent
 from shared.settings import VaultKeySettings
+from tests.deploy.test_monitoring import (
+    PROMETHEUS_SERIES,
+    SERVICES,
+    dashboard_queries,
+    repo_dashboard,
+    repo_rules,
+    rule_list,
+    selectors,
+)
+from tests.tooling import require_tool
 
 pytestmark = pytest.mark.e2e
 CODE = re.compile(r"[A-Z]{3,4}-[0-9A-F]{6}-[0-9A-F]{6}|RLD-[0-9A-F]{12}")  # demo, supplier
@@ -41,9 +56,7 @@ async def stack(tmp_path_factory, module_database, kafka):
 
 
 async def allocations(kafka: str, order_keys: set[str]) -> dict[str, list[CodeAllocated]]:
-    consumer = AIOKafkaConsumer(
-        CodeAllocated.topic, bootstrap_servers=kafka, auto_offset_reset="earliest"
-    )
+    consumer = kafka_clients.reader(client_settings(kafka), CodeAllocated.topic)
     await consumer.start()
     found: dict[str, list[CodeAllocated]] = {}
     try:
@@ -167,3 +180,184 @@ async def run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+# ---- monitoring: what the alerts and the dashboard query is what the services export -------
+# These run after the orders above went through, against the same running stack.
+
+# labels Prometheus adds when it scrapes (the ServiceMonitor's), never in a service's exposition
+TARGET_LABELS = {"job", "instance", "pod", "namespace", "service_name"}
+
+
+async def scrape(info: dict) -> dict[str, str]:
+    """Each service's /metrics, as Prometheus would read it."""
+    texts = {}
+    async with aiohttp.ClientSession() as session:
+        for name in SERVICES:
+            async with session.get(f"{info[name]}/metrics") as resp:
+                assert resp.status == 200, name
+                texts[name] = await resp.text()
+    return texts
+
+
+def samples(text: str) -> list[Sample]:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def selected(selector: promql_parser.VectorSelector, sample: Sample) -> bool:
+    """Would Prometheus' selector pick this sample (target labels aside)?"""
+    if sample.name != selector.name:
+        return False
+    for matcher in selector.matchers.matchers:
+        if matcher.name in TARGET_LABELS:
+            continue
+        value = sample.labels.get(matcher.name, "")
+        if matcher.op == promql_parser.MatchOp.Equal:
+            ok = value == matcher.value
+        elif matcher.op == promql_parser.MatchOp.NotEqual:
+            ok = value != matcher.value
+        elif matcher.op == promql_parser.MatchOp.Re:
+            ok = re.fullmatch(matcher.value, value) is not None
+        else:
+            ok = re.fullmatch(matcher.value, value) is None
+        if not ok:
+            return False
+    return True
+
+
+def owner(selector: promql_parser.VectorSelector) -> str | None:
+    """The service a rule's series comes from: its `service` label or its name's stage."""
+    for matcher in selector.matchers.matchers:
+        if matcher.name == "service" and matcher.op == promql_parser.MatchOp.Equal:
+            return str(matcher.value)
+    stage = selector.name.split("_")[1]
+    return stage if stage in SERVICES else None
+
+
+def unmatched_queries(scraped: dict[str, list[Sample]]) -> list[str]:
+    """Each selector of an alert rule or a dashboard panel with no sample in the scrape of
+    the service it belongs to (a dashboard panel: its row's; a rule: see `owner`, else any)."""
+    rules = rule_list(repo_rules())
+    recorded = {r["record"] for r in rules if "record" in r}
+    queries = [(None, r["expr"]) for r in rules] + list(dashboard_queries(repo_dashboard()))
+    missing = []
+    for service, expr in queries:
+        for selector in selectors(expr):
+            if selector.name in recorded | PROMETHEUS_SERIES:
+                continue
+            where = [service or owner(selector)] if service or owner(selector) else SERVICES
+            if not any(selected(selector, s) for name in where for s in scraped[name]):
+                missing.append(f"{selector} (from {', '.join(where)}) in {expr.strip()!r}")
+    return missing
+
+
+async def test_every_series_the_alerts_and_the_dashboard_select_is_in_its_services_scrape(stack):
+    running, info = stack
+    # the restocker measures its lag on a timer: give it a few rounds
+    for _ in range(30):
+        scraped = {name: samples(text) for name, text in (await scrape(info)).items()}
+        missing = unmatched_queries(scraped)
+        if not missing:
+            break
+        await asyncio.sleep(1)
+    assert not missing, "\n".join(missing)
+
+    # every consumer (the gateway is none) reports its lag in the one family the alert reads
+    for name in SERVICES:
+        lags = [s for s in scraped[name] if s.name == "tasleem_consumer_lag"]
+        assert {s.labels["service"] for s in lags} == ({name} if name != "ingest" else set())
+    restocker = {
+        (s.labels["group"], s.labels["topic"], s.labels["partition"])
+        for s in scraped["restocker"]
+        if s.name == "tasleem_consumer_lag"
+    }
+    partitions = range(running.options.partitions)
+    assert restocker == {("restocker", InventoryLevel.topic, str(p)) for p in partitions}
+    # the old, non-base-unit gauge is gone
+    assert not [s for s in scraped["restocker"] if "cover_minutes" in s.name]
+    # every configured provider's circuit is reported from the start
+    circuits = {
+        s.labels["provider"]: s.value
+        for s in scraped["notifier"]
+        if s.name == "tasleem_provider_circuit_open"
+    }
+    assert set(circuits) == {"whatsapp", "unifonic", "twilio", "email"}
+    assert set(circuits.values()) <= {0.0, 1.0}
+
+
+async def test_promtool_accepts_every_services_metrics(stack):
+    promtool = require_tool("promtool", apt_package="prometheus")
+    _, info = stack
+    for name, text in (await scrape(info)).items():
+        proc = await asyncio.create_subprocess_exec(
+            promtool,
+            "check",
+            "metrics",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(text.encode()), 60)
+        assert proc.returncode == 0, f"promtool check metrics on {name}'s /metrics: {out.decode()}"
+
+
+async def sent_event_ids(kafka: str) -> set[str]:
+    consumer = kafka_clients.reader(client_settings(kafka), MessageSent.topic)
+    await consumer.start()
+    found: set[str] = set()
+    try:
+        while batch := await consumer.getmany(timeout_ms=1000):
+            for records in batch.values():
+                found |= {MessageSent.model_validate_json(r.value).event_id for r in records}
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_the_delivery_histogram_counts_each_message_sent_exactly_once(stack):
+    _, info = stack
+    for _ in range(15):  # a late report may still be on its way to the broker
+        scraped = samples((await scrape(info))["notifier"])
+        counted = sum(s.value for s in scraped if s.name == "tasleem_delivery_seconds_count")
+        sent = await sent_event_ids(info["kafka"])
+        if counted == len(sent):
+            break
+        await asyncio.sleep(1)
+    assert len(sent) >= 300
+    assert counted == len(sent), "tasleem_delivery_seconds must count each message.sent once"
+    within = sum(
+        s.value
+        for s in scraped
+        if s.name == "tasleem_delivery_seconds_bucket" and s.labels["le"] == "30.0"
+    )
+    assert 0 < within <= counted
+
+
+async def test_the_restockers_lag_is_its_groups_distance_to_the_end_of_each_partition(stack):
+    running, info = stack
+    tps = [TopicPartition(InventoryLevel.topic, p) for p in range(running.options.partitions)]
+    # reads the group's committed offsets; it subscribes to nothing, so it never joins the group
+    offsets = kafka_clients.reader(client_settings(info["kafka"]), group_id="restocker")
+    await offsets.start()
+    try:
+        for _ in range(30):
+            committed = {tp: await offsets.committed(tp) for tp in tps}
+            ends = await offsets.end_offsets(tps)  # after: never behind what was committed
+            # A partition no level went to has nothing committed, and nothing to catch up on.
+            # Faust at times commits one past the log's end (seen here: 14 on a partition
+            # ending at 13): nothing is left to read, and the lag is 0, never negative.
+            expected = {
+                str(tp.partition): float(max(ends[tp] - (committed[tp] or 0), 0)) for tp in tps
+            }
+            exported = {
+                s.labels["partition"]: s.value
+                for s in samples((await scrape(info))["restocker"])
+                if s.name == "tasleem_consumer_lag"
+            }
+            if exported == expected:
+                break
+            await asyncio.sleep(1)
+    finally:
+        await offsets.stop()
+    assert exported == expected, f"committed {committed}, ends {ends}"
+    assert sum(committed[tp] or 0 for tp in tps) > 0, "the restocker consumed levels"

@@ -13,10 +13,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy import demo
+from deploy.embedded.broker import client_settings
 from deploy.embedded.stack import DEMO_SKUS, Stack, StackOptions
+from shared import kafka_clients
 
 pytestmark = pytest.mark.e2e
 
@@ -273,15 +274,13 @@ async def test_a_malformed_inventory_level_is_dead_lettered_and_changes_nothing(
     _, info = stack
     before = await settled(info)
     orders_before = await supplier_orders(info)
-    producer = AIOKafkaProducer(bootstrap_servers=info["kafka"])
+    producer = kafka_clients.producer(client_settings(info["kafka"]))
     await producer.start()
     try:
         await producer.send_and_wait("inventory.level", b'{"sku": 7', key=b"PSN-50-SAR")
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(
-        "inventory.level.dlq", bootstrap_servers=info["kafka"], auto_offset_reset="earliest"
-    )
+    consumer = kafka_clients.reader(client_settings(info["kafka"]), "inventory.level.dlq")
     await consumer.start()
     try:
         record = await asyncio.wait_for(consumer.getone(), 30)

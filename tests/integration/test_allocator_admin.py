@@ -4,6 +4,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from deploy.embedded.broker import client_settings
 from services.allocator.main import lifespan
 from services.allocator.settings import AllocatorSettings
 from shared import runtime
@@ -14,7 +15,7 @@ TOKEN = "s3cret-admin"
 
 
 async def client_for(database, kafka, vault_env, token=TOKEN):
-    await ensure_topics(kafka, topic_specs(partitions=2))
+    await ensure_topics(client_settings(kafka), topic_specs(partitions=2))
     settings = AllocatorSettings(
         database_url=database,
         kafka_bootstrap=kafka,

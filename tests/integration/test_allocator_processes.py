@@ -9,14 +9,14 @@ from collections import defaultdict
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from deploy.embedded.broker import EmbeddedBroker
+from deploy.embedded.broker import EmbeddedBroker, client_settings
 from deploy.embedded.processes import ManagedProcess, free_port
 from services.allocator.main import SQL
+from shared import kafka_clients
 from shared.db import connect_and_migrate
 from shared.events import CodeAllocated, OrderPaid
-from shared.kafka import ensure_topics, make_producer, publish, topic_specs
+from shared.kafka import ensure_topics, publish, topic_specs
 from shared.settings import ServiceSettings
 from tests.conftest import _wait_for_port
 from tests.integration.test_vault import import_codes, paid
@@ -31,7 +31,7 @@ async def broker(tmp_path):
     broker.start()
     try:
         await _wait_for_port(broker.port)
-        await ensure_topics(broker.bootstrap, topic_specs(partitions=4))
+        await ensure_topics(client_settings(broker.bootstrap), topic_specs(partitions=4))
         yield broker.bootstrap
     finally:
         broker.stop()
@@ -75,9 +75,7 @@ async def wait_until_allocated(pool: asyncpg.Pool, orders: int, procs, limit_s: 
 
 
 async def allocations(kafka: str) -> list[CodeAllocated]:
-    consumer = AIOKafkaConsumer(
-        CodeAllocated.topic, bootstrap_servers=kafka, auto_offset_reset="earliest"
-    )
+    consumer = kafka_clients.reader(client_settings(kafka), CodeAllocated.topic)
     await consumer.start()
     found = []
     try:
@@ -131,7 +129,7 @@ async def test_racing_allocator_processes_never_give_a_code_twice(
 ):
     pool = await connect_and_migrate(database, "allocator", SQL)
     procs = [allocator(n, database, broker, vault_env, tmp_path) for n in range(3)]
-    producer = make_producer(ServiceSettings(kafka_bootstrap=broker))
+    producer = kafka_clients.producer(ServiceSettings(kafka_bootstrap=broker))
     try:
         for sku in SKUS:
             await import_codes(pool, cipher, sku, [f"{sku}-{i:05d}" for i in range(1100)])
@@ -156,7 +154,7 @@ async def test_an_allocator_killed_mid_surge_loses_and_repeats_nothing(
 ):
     pool = await connect_and_migrate(database, "allocator", SQL)
     procs = [allocator(n, database, broker, vault_env, tmp_path) for n in range(2)]
-    producer = make_producer(ServiceSettings(kafka_bootstrap=broker))
+    producer = kafka_clients.producer(ServiceSettings(kafka_bootstrap=broker))
     try:
         for sku in SKUS:
             await import_codes(pool, cipher, sku, [f"{sku}-{i:05d}" for i in range(2600)])

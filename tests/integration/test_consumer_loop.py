@@ -5,15 +5,15 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
+from deploy.embedded.broker import client_settings
+from shared import kafka_clients
 from shared.events import InventoryLevel, dlq_topic
 from shared.kafka import (
     ConsumerLoop,
     RetriableError,
     TopicSpec,
     ensure_topics,
-    make_producer,
     send_many,
     topic_specs,
 )
@@ -31,8 +31,8 @@ def level(sku: str) -> bytes:
 
 @pytest.fixture
 async def producer(kafka: str):
-    await ensure_topics(kafka, topic_specs(partitions=2))
-    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    await ensure_topics(client_settings(kafka), topic_specs(partitions=2))
+    producer = kafka_clients.producer(ServiceSettings(kafka_bootstrap=kafka))
     await producer.start()
     yield producer
     await producer.stop()
@@ -50,9 +50,7 @@ async def run_until(loop: ConsumerLoop, done, limit_s: float = 20) -> None:
 
 
 async def read_all(kafka: str, topic: str, expected: int) -> list:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka, auto_offset_reset="earliest", group_id=None
-    )
+    consumer = kafka_clients.reader(client_settings(kafka), topic)
     await consumer.start()
     records: list = []
     try:
@@ -88,8 +86,7 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
     settings = ServiceSettings(kafka_bootstrap=kafka)
     loop = ConsumerLoop(
         service="test",
-        settings=settings,
-        group_id=group,
+        consumer=kafka_clients.group_consumer(settings, TOPIC, group_id=group),
         handlers={TOPIC: handler},
         producer=producer,
     )
@@ -109,8 +106,7 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
 
     loop = ConsumerLoop(
         service="test",
-        settings=settings,
-        group_id=group,
+        consumer=kafka_clients.group_consumer(settings, TOPIC, group_id=group),
         handlers={TOPIC: count},
         producer=producer,
     )
@@ -135,8 +131,9 @@ async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, produce
 
     loop = ConsumerLoop(
         service="test",
-        settings=ServiceSettings(kafka_bootstrap=kafka),
-        group_id=group,
+        consumer=kafka_clients.group_consumer(
+            ServiceSettings(kafka_bootstrap=kafka), TOPIC, group_id=group
+        ),
         handlers={TOPIC: flaky},
         producer=producer,
     )
@@ -149,10 +146,12 @@ async def test_send_many_splits_batches_and_partitions_like_send(kafka):
     exactly once, in order within a key's partition."""
     run = uuid.uuid4().hex[:6]
     batched, single = f"many-{run}", f"single-{run}"
-    await ensure_topics(kafka, [TopicSpec(batched, 3), TopicSpec(single, 3)])
+    await ensure_topics(client_settings(kafka), [TopicSpec(batched, 3), TopicSpec(single, 3)])
     keys = [f"{run}:{i % 300}".encode() for i in range(1500)]
     values = [f"{run}:{i}".encode() * 20 for i in range(1500)]  # ~200 kB: several batches
-    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka), max_batch_size=16 * 1024)
+    producer = kafka_clients.producer(
+        ServiceSettings(kafka_bootstrap=kafka), max_batch_size=16 * 1024
+    )
     await producer.start()
     try:
         await send_many(producer, [(batched, k, v) for k, v in zip(keys, values, strict=True)])

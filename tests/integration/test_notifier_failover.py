@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from deploy.embedded.broker import client_settings
 from deploy.embedded.processes import free_port
 from deploy.sandbox.app import init_app
 from deploy.sandbox.config import SandboxConfig, TwilioConfig, UnifonicConfig, WhatsAppConfig
@@ -33,6 +33,7 @@ from services.notifier.resend import resend
 from services.notifier.settings import NotifierSettings
 from services.notifier.sms import Twilio, Unifonic
 from services.notifier.whatsapp import WhatsAppCloud
+from shared import kafka_clients
 from shared.admin_auth import admin_guard
 from shared.codecrypt import CodeCipher
 from shared.db import connect_and_migrate
@@ -48,7 +49,7 @@ from shared.events import (
     StoreConfig,
     event_id_for,
 )
-from shared.kafka import ConsumerLoop, make_producer, publish
+from shared.kafka import ConsumerLoop, publish
 
 pytestmark = pytest.mark.integration
 
@@ -510,7 +511,7 @@ async def test_operator_resends_an_order_to_a_corrected_phone(world, cipher):
 
 
 async def test_store_settings_from_kafka_choose_channels_and_text(world, cipher, kafka):
-    producer = AIOKafkaProducer(bootstrap_servers=kafka, enable_idempotence=False)
+    producer = kafka_clients.producer(client_settings(kafka))
     await producer.start()
     try:
         config = StoreConfig(
@@ -527,7 +528,7 @@ async def test_store_settings_from_kafka_choose_channels_and_text(world, cipher,
     finally:
         await producer.stop()
     stores = StoreDirectory()
-    following = asyncio.create_task(stores.follow(kafka))
+    following = asyncio.create_task(stores.follow(kafka_clients.reader(client_settings(kafka))))
     try:
         await until(lambda: _true(stores.get("s1") is not None), limit_s=15)
         world.delivery.stores = stores
@@ -566,7 +567,7 @@ async def test_one_slow_message_does_not_hold_its_batch(world, cipher, kafka):
     """Through the consumer loop on a real broker: the batch commits after `hold_s`, the
     others are reported at once, and the slow one reports itself when it is done."""
     settings = NotifierSettings(kafka_bootstrap=kafka, kafka_max_batch=100)
-    producer = make_producer(settings)
+    producer = kafka_clients.producer(settings)
     await producer.start()
     slow_phone = "+966551230000"
     world.delivery.providers = {
@@ -584,12 +585,15 @@ async def test_one_slow_message_does_not_hold_its_batch(world, cipher, kafka):
 
     loop = ConsumerLoop(
         service="notifier",
-        settings=settings,
-        group_id="notifier-slow-test",
+        consumer=kafka_clients.group_consumer(
+            settings, CodeAllocated.topic, group_id="notifier-slow-test"
+        ),
         producer=producer,
         handlers={CodeAllocated.topic: on_allocated},
     )
-    sent_reader = AIOKafkaConsumer(MessageSent.topic, bootstrap_servers=kafka)
+    sent_reader = kafka_clients.reader(
+        client_settings(kafka), MessageSent.topic, auto_offset_reset="latest"
+    )
     await sent_reader.start()
     running = asyncio.create_task(loop.run())
     try:

@@ -4,14 +4,15 @@ import asyncio
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
 
+from deploy.embedded.broker import client_settings
 from services.allocator import handlers
 from services.allocator.main import SQL
 from services.allocator.outbox import Relay
+from shared import kafka_clients
 from shared.db import connect_and_migrate, migrate
 from shared.events import CodeAllocated, CodeRevoked
-from shared.kafka import ensure_topics, make_producer, topic_specs
+from shared.kafka import ensure_topics, topic_specs
 from shared.settings import ServiceSettings
 from tests.integration.test_consumer_loop import read_all
 from tests.integration.test_vault import import_codes, paid
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 async def test_rows_left_by_a_dead_writer_are_relayed_once(database, kafka, cipher):
-    await ensure_topics(kafka, topic_specs(partitions=2))
+    await ensure_topics(client_settings(kafka), topic_specs(partitions=2))
     pool = await connect_and_migrate(database, "allocator", SQL)
-    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    producer = kafka_clients.producer(ServiceSettings(kafka_bootstrap=kafka))
     await producer.start()
     try:
         await import_codes(pool, cipher, "A", ["A-1", "A-2"])
@@ -47,7 +48,7 @@ async def test_rows_left_by_a_dead_writer_are_relayed_once(database, kafka, ciph
 
 async def test_rows_written_before_the_batched_outbox_are_still_relayed(database, kafka, tmp_path):
     """Upgrading with events still in the old one-row-per-event outbox loses none of them."""
-    await ensure_topics(kafka, topic_specs(partitions=2))
+    await ensure_topics(client_settings(kafka), topic_specs(partitions=2))
     before = tmp_path / "sql"
     before.mkdir()
     for path in sorted(SQL.glob("00[123]_*.sql")):
@@ -69,7 +70,7 @@ async def test_rows_written_before_the_batched_outbox_are_still_relayed(database
     finally:
         await conn.close()
     pool = await connect_and_migrate(database, "allocator", SQL)
-    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    producer = kafka_clients.producer(ServiceSettings(kafka_bootstrap=kafka))
     await producer.start()
     try:
         assert await Relay(pool, producer).sweep_once(min_age_s=0) == 3
@@ -86,12 +87,12 @@ async def test_rows_written_before_the_batched_outbox_are_still_relayed(database
 async def test_the_relay_publishes_in_the_background_and_leaves_failures_to_the_sweeper(
     database, kafka, cipher
 ):
-    await ensure_topics(kafka, topic_specs(partitions=2))
+    await ensure_topics(client_settings(kafka), topic_specs(partitions=2))
     pool = await connect_and_migrate(database, "allocator", SQL)
-    closed = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    closed = kafka_clients.producer(ServiceSettings(kafka_bootstrap=kafka))
     await closed.start()
     await closed.stop()  # sending through it fails at once
-    producer = make_producer(ServiceSettings(kafka_bootstrap=kafka))
+    producer = kafka_clients.producer(ServiceSettings(kafka_bootstrap=kafka))
     await producer.start()
     try:
         await import_codes(pool, cipher, "A", ["A-1", "A-2", "A-3"])
@@ -120,9 +121,7 @@ async def test_the_relay_publishes_in_the_background_and_leaves_failures_to_the_
         await pool.close()
     mine = {o.order_key.encode() for o in orders}
     seen: list[bytes] = []
-    consumer = AIOKafkaConsumer(
-        CodeAllocated.topic, bootstrap_servers=kafka, auto_offset_reset="earliest"
-    )
+    consumer = kafka_clients.reader(client_settings(kafka), CodeAllocated.topic)
     await consumer.start()
     try:
         async with asyncio.timeout(10):

@@ -105,6 +105,9 @@ def test_salla_token_strategy_takes_bearer_or_bare_token_and_nothing_else():
     s = store("salla", salla_strategy="token")
     salla.verify(s, {"Authorization": f"Bearer {KEY}"}, b"{}")
     salla.verify(s, {"Authorization": OLD}, b"{}")
+    # auth schemes are case-insensitive (RFC 7235)
+    salla.verify(s, {"Authorization": f"bearer {KEY}"}, b"{}")
+    salla.verify(s, {"Authorization": f"BEARER  {KEY} "}, b"{}")
     for value in ("", "Bearer ", "Bearer nope", f"Basic {KEY}x"):
         with pytest.raises(InvalidSignature):
             salla.verify(s, {"Authorization": value}, b"{}")
