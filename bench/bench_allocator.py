@@ -30,6 +30,7 @@ from shared.events import Customer, OrderLine, OrderPaid, event_id_for, utcnow
 from shared.kafka import publish
 
 SKUS = [f"SKU-{i}" for i in range(10)]
+ACCOUNT = "bench"  # every code and order belongs to one merchant account, as a store's do
 VAULT = 1_000_000
 SOLD = 900_000
 ORDERS = 30_000
@@ -39,7 +40,8 @@ CLAIM = """
 UPDATE codes SET status = 'allocated'
 WHERE code_id IN (
     SELECT code_id FROM codes
-    WHERE sku = $1 AND status = 'available' AND (expires_at IS NULL OR expires_at > now())
+    WHERE account = $3 AND sku = $1 AND status = 'available'
+      AND (expires_at IS NULL OR expires_at > now())
     ORDER BY expires_at ASC NULLS LAST, code_id
     LIMIT $2 FOR UPDATE SKIP LOCKED)
 RETURNING code_id
@@ -49,12 +51,20 @@ RETURNING code_id
 async def load_vault(conn: asyncpg.Connection, console: Console) -> None:
     """1M codes: sealed-looking text and random fingerprints (allocation never opens a code)."""
     rows = (
-        (SKUS[i % len(SKUS)], os.urandom(32), "k1:" + base64.b64encode(os.urandom(48)).decode())
+        (
+            ACCOUNT,
+            SKUS[i % len(SKUS)],
+            os.urandom(32),
+            "k1:" + base64.b64encode(os.urandom(48)).decode(),
+        )
         for i in range(VAULT)
     )
     started = time.perf_counter()
     await conn.copy_records_to_table(
-        "codes", records=rows, columns=["sku", "fingerprint", "sealed"], schema_name="allocator"
+        "codes",
+        records=rows,
+        columns=["account", "sku", "fingerprint", "sealed"],
+        schema_name="allocator",
     )
     await conn.execute("ANALYZE allocator.codes")
     console.print(f"loaded {VAULT:,} codes in {time.perf_counter() - started:.1f}s")
@@ -65,7 +75,7 @@ async def bare_claims(conn: asyncpg.Connection, total: int) -> float:
     claimed, started, n = 0, time.perf_counter(), 0
     while claimed < total:
         async with conn.transaction():
-            rows = await conn.fetch(CLAIM, SKUS[n % len(SKUS)], BATCH)
+            rows = await conn.fetch(CLAIM, SKUS[n % len(SKUS)], BATCH, ACCOUNT)
         claimed += len(rows)
         n += 1
     return claimed / (time.perf_counter() - started)
@@ -83,6 +93,7 @@ def orders(count: int, run: str = "bench") -> list[OrderPaid]:
                 order_key=key,
                 platform="standard",
                 store_id=run,
+                account=ACCOUNT,  # the runs' stores share the bench account's vault
                 order_id=str(i),
                 lines=[OrderLine(sku=rng.choice(SKUS), quantity=rng.choice((1, 2)))],
                 customer=Customer(phone="+966500000001"),
@@ -212,7 +223,8 @@ async def run(console: Console) -> BenchResult:
             bare_cpu = {part: t * 1e6 / 50_000 for part, t in meter.stop().items()}
             console.print(f"bare claims with 90% sold, vacuumed: {sold:,.0f}/s")
             plan = await conn.fetch(
-                "EXPLAIN " + CLAIM.replace("$1", "'SKU-1'").replace("$2", "500")
+                "EXPLAIN "
+                + CLAIM.replace("$1", "'SKU-1'").replace("$2", "500").replace("$3", "'bench'")
             )
             plan_text = "\n".join(r[0] for r in plan)
             console.print(plan_text)

@@ -207,17 +207,22 @@ async def _tcp_ok(port: int) -> bool:
     return True
 
 
-async def _register(dsn: str) -> None:
+async def _register(dsn: str, vault_keys: str) -> None:
+    from pydantic import SecretStr
+
     from services.ingest.main import SQL
     from services.ingest.stores import Store, upsert_store
+    from shared.codecrypt import SecretSealer
     from shared.db import migrate
 
+    sealer = SecretSealer.from_keys(SecretStr(vault_keys))  # the gateway seals store secrets
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn, "ingest", SQL)
         await conn.execute("SET search_path TO ingest")
         for s in STORES:
-            await upsert_store(conn, Store(s["id"], s["platform"], s["name"], (s["secret"],)))
+            store = Store(s["id"], s["platform"], s["name"], (s["secret"],))
+            await upsert_store(conn, store, sealer)
     finally:
         await conn.close()
 
@@ -262,7 +267,10 @@ async def run(console: Console) -> BenchResult:
         finally:
             await conn.close()
         dsn = pg.dsn_for("bench")
-        await _register(dsn)
+        from shared.codecrypt import generate_key_settings
+
+        vault_keys = generate_key_settings()["TASLEEM_VAULT_KEYS"]
+        await _register(dsn, vault_keys)
         from shared.kafka import ensure_topics, topic_specs
 
         await ensure_topics(client_settings(broker.bootstrap), topic_specs(4))
@@ -278,6 +286,7 @@ async def run(console: Console) -> BenchResult:
             env={
                 "TASLEEM_KAFKA_BOOTSTRAP": broker.bootstrap,
                 "TASLEEM_DATABASE_URL": dsn,
+                "TASLEEM_VAULT_KEYS": vault_keys,
                 "TASLEEM_ADMIN_PORT": str(gateway_port),
                 "TASLEEM_LOG_LEVEL": "WARNING",
             },

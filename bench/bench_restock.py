@@ -19,7 +19,7 @@ from deploy.sandbox.config import SandboxConfig
 from services.restocker.policy import Policy, Purchase, SkuState, decide, observe
 from services.restocker.purchasing import Limits, Purchasing
 from services.restocker.suppliers import Delivery, SupplierSettings, build
-from shared.events import InventoryLevel
+from shared.events import InventoryLevel, Stock
 
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdefgh").decode()
 PURCHASES = 40
@@ -51,15 +51,15 @@ def policy_rate(levels: int = 50_000) -> float:
 
 class Ledger:
     def __init__(self) -> None:
-        self.rows: dict[str, SkuState] = {}
+        self.rows: dict[Stock, SkuState] = {}
 
-    def get(self, sku: str) -> SkuState:
-        return self.rows.get(sku, SkuState()).model_copy(deep=True)
+    def get(self, stock: Stock) -> SkuState:
+        return self.rows.get(stock, SkuState()).model_copy(deep=True)
 
-    def put(self, sku: str, state: SkuState) -> None:
-        self.rows[sku] = state
+    def put(self, stock: Stock, state: SkuState) -> None:
+        self.rows[stock] = state
 
-    def skus(self) -> list[str]:
+    def stocks(self) -> list[Stock]:
         return list(self.rows)
 
 
@@ -109,8 +109,8 @@ async def purchase_latencies(base: str, only: str) -> list[float]:
     began: dict[str, float] = {}
     all_done = asyncio.Event()
 
-    async def publish(sku: str, supplier: str, purchase: Purchase, delivery: Delivery) -> None:
-        done[sku] = time.perf_counter()
+    async def publish(stock: Stock, supplier: str, purchase: Purchase, delivery: Delivery) -> None:
+        done[stock.sku] = time.perf_counter()
         if len(done) == len(skus):
             all_done.set()
 
@@ -127,9 +127,9 @@ async def purchase_latencies(base: str, only: str) -> list[float]:
                 expected_total=10,
                 decided_at=time.time(),
             )
-            ledger.put(sku, state)
+            ledger.put(Stock("bench", sku), state)
             began[sku] = time.perf_counter()
-            purchasing.kick(sku)
+            purchasing.kick(Stock("bench", sku))
         await asyncio.wait_for(all_done.wait(), 60)
         await purchasing.close()
     return [(done[sku] - began[sku]) * 1000 for sku in skus]

@@ -4,8 +4,10 @@ Runs as its own process (`python -m bench.load ...`) so that building, signing a
 webhooks never shares an event loop with whatever measures the pipeline. Every store of the
 stack takes part, each in its platform's wire format (deploy/sandbox/platforms.py). A webhook
 answered 503 or not answered at all is re-sent, as a platform would, until `--retry-for`
-seconds after its first attempt. The result is one JSON file: every order, its buyer, how many
-units it holds and every HTTP status the gateway gave it.
+seconds after its first attempt. A Zid order is first taken by the sandbox's Zid store (no
+webhook from it), since the gateway confirms every Zid order through Zid's API. The result is
+one JSON file: every order, its buyer, how many units it holds and every HTTP status the gateway
+gave it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def stores_of(home: Path) -> list[StoreConfig]:
 
 def new_order(
     store: StoreConfig, skus: list[str], n: int, rng: random.Random, tag: str, phone_base: int
-) -> tuple[SentOrder, platforms.Webhook]:
+) -> tuple[SentOrder, platforms.Sale, platforms.Webhook]:
     """One paid order of 1–3 codes (1–2 lines), for a buyer of its own (phone and email)."""
     count = 1 if rng.random() < 0.75 else 2
     lines: list[dict[str, Any]] = [
@@ -75,7 +77,22 @@ def new_order(
         email=email,
         units=sum(line["quantity"] for line in lines),
     )
-    return order, platforms.paid(store, sale)
+    return order, sale, platforms.paid(store, sale)
+
+
+async def taken(
+    session: aiohttp.ClientSession, sandbox: str, store: StoreConfig, sale: platforms.Sale
+) -> bool:
+    """The sandbox's store takes the order without sending its webhook (this process sends
+    it), so that Zid's API, which the gateway asks, knows it."""
+    order = {"order_id": sale.order_id, "lines": sale.lines, "customer": sale.customer}
+    url = f"{sandbox}/stores/{store.id}/orders"
+    try:
+        async with session.post(url, json={**order, "send": False}) as reply:
+            await reply.read()
+            return reply.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
 
 
 async def post(
@@ -104,6 +121,7 @@ async def fire(
     seed: int = 1,
     tag: str = "LOAD",
     connections: int = 256,
+    sandbox: str = "",
 ) -> list[SentOrder]:
     """Send `count` orders at `rate`/s (open loop: a slow gateway does not slow the clock)."""
     rng = random.Random(f"{tag}:{seed}")  # a run's buyers differ from other runs' by its tag
@@ -114,11 +132,17 @@ async def fire(
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def one(order: SentOrder, store: StoreConfig, webhook: platforms.Webhook) -> None:
+        async def one(
+            order: SentOrder, store: StoreConfig, sale: platforms.Sale, webhook: platforms.Webhook
+        ) -> None:
             give_up = time.monotonic() + retry_for_s
+            untaken = store.platform == "zid" and bool(sandbox)
             while True:
                 async with limit:
-                    status = await post(session, gateway, store, webhook)
+                    if untaken:
+                        untaken = not await taken(session, sandbox, store, sale)
+                    # not taken yet: the sandbox did not answer; try again, as for the gateway
+                    status = NO_ANSWER if untaken else await post(session, gateway, store, webhook)
                 order.statuses.append(status)
                 if status not in (503, NO_ANSWER) or time.monotonic() > give_up:
                     return
@@ -131,10 +155,10 @@ async def fire(
             if delay > 0:
                 await asyncio.sleep(delay)
             store = stores[n % len(stores)]
-            order, webhook = new_order(store, skus, n, rng, tag, phone_base)
+            order, sale, webhook = new_order(store, skus, n, rng, tag, phone_base)
             order.first_sent = time.time()
             sent.append(order)
-            tasks.append(asyncio.create_task(one(order, store, webhook)))
+            tasks.append(asyncio.create_task(one(order, store, sale, webhook)))
         await asyncio.gather(*tasks)
     return sent
 
@@ -161,6 +185,7 @@ def main() -> None:
             retry_for_s=args.retry_for,
             seed=args.seed,
             tag=args.tag,
+            sandbox=info["sandbox"],
         )
     )
     report: dict[str, Any] = {

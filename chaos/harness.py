@@ -41,6 +41,8 @@ class Run:
     settings: Settings
     forged_statuses: list[int] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # what the fault saw, for the report
+    # what a fault hands its check, not for the report (tasks, objects)
+    scratch: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

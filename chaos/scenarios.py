@@ -144,6 +144,43 @@ async def forged_mix(run: Run) -> float | None:
     return None
 
 
+async def hostile_mix(run: Run) -> float | None:
+    """Every attack of chaos/hostile.py, five rounds over the surge, beside the forged mix,
+    while the allocator's memory is watched until the check."""
+    from chaos import hostile
+    from deploy.embedded.stack import DEMO_SKUS
+
+    memory = hostile.Memory()
+    stop = asyncio.Event()
+    allocator = run.stack.processes["allocator"]
+    run.scratch["rss"] = (
+        stop,
+        memory,
+        asyncio.create_task(hostile.watch_rss(lambda: allocator.pid, stop, memory)),
+    )
+    surge_left = 0.7 * run.settings.orders / run.settings.rate
+    attacks = hostile.send_all(
+        run.info["ingest"], run.stack.home, [s.sku for s in DEMO_SKUS], 5, surge_left / 5
+    )
+    answered, _ = await asyncio.gather(attacks, forged_mix(run))
+    run.scratch["answered"] = answered
+    run.notes["hostile_statuses"] = dict(Counter(f"{a.kind}: {status}" for a, status in answered))
+    return None
+
+
+async def hostile_check(run: Run) -> list[str]:
+    from chaos import hostile
+
+    stop, memory, watcher = run.scratch["rss"]
+    problems = await hostile.check(run.info, run.scratch["answered"], limit_s=120)
+    stop.set()
+    await watcher
+    run.notes["allocator_peak_rss_mib"] = round(memory.allocator_peak_rss / 2**20, 1)
+    if memory.allocator_peak_rss > hostile.ALLOCATOR_RSS_LIMIT:
+        problems.append(f"allocator memory peaked at {run.notes['allocator_peak_rss_mib']} MiB")
+    return problems
+
+
 LITTLE_STOCK = {"demo_stock_per_sku": 150, "reorder_point": 100, "order_quantity": 600}
 
 ALL = [
@@ -160,5 +197,11 @@ ALL = [
         fault_at=0.0,  # before the first purchase, which comes within seconds
     ),
     Scenario("forged", "10,000 forged/malformed/oversized webhooks", forged_mix),
+    Scenario(
+        "hostile",
+        "signed attacks (unpaid, cancel-by-header, caps, odd ids) with the forged mix",
+        hostile_mix,
+        extra_check=hostile_check,
+    ),
 ]
 BY_NAME = {s.name: s for s in ALL}

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from deploy import dlq
 from deploy.embedded import local
 from services.allocator import cli as stock_cli
 from services.ingest import cli as stores_cli
@@ -18,8 +19,12 @@ from services.notifier import cli as notify_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(stock_cli.app, name="stock")
+app.add_typer(stock_cli.vault_app, name="vault")
 app.add_typer(stores_cli.app, name="stores")
 app.add_typer(notify_cli.app, name="notify")
+app.add_typer(dlq.app, name="dlq")
+admin_app = typer.Typer(no_args_is_help=True, help="Admin API tokens: one per caller and scope.")
+app.add_typer(admin_app, name="admin")
 console = Console()
 
 HOME = Annotated[Path, typer.Option(help="Where the embedded stack keeps its data and logs.")]
@@ -93,6 +98,30 @@ def demo(
         return surge_demo.report(console, result, await _inbox_count(info["sandbox"]))
 
     raise typer.Exit(0 if asyncio.run(main()) else 1)
+
+
+@admin_app.command("token")
+def admin_token(
+    service: Annotated[str, typer.Option(help=" | ".join(SERVICES))],
+    role: Annotated[str, typer.Option(help="read (GETs) or operate (everything)")],
+    caller: Annotated[str, typer.Option(help="Who holds it: named in logs and audits.")],
+) -> None:
+    """Make a token for one caller on one service. Prints the token (hand it to the caller;
+    it is not kept) and the entry to add to TASLEEM_<SERVICE>_ADMIN_TOKENS, which holds only
+    its digest (deploy/k8s/README.md: the `tasleem-admin-tokens` Secret)."""
+    from shared import admin_auth
+
+    if service not in SERVICES or role not in admin_auth.ROLES:
+        raise typer.BadParameter(f"--service {' | '.join(SERVICES)}, --role read | operate")
+    token = admin_auth.new_token()
+    try:
+        entry = admin_auth.entry(caller, "operate" if role == "operate" else "read", token)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(f"token (for {caller} only):  {token}", soft_wrap=True, highlight=False)
+    console.print(
+        f"TASLEEM_{service.upper()}_ADMIN_TOKENS entry:  {entry}", soft_wrap=True, highlight=False
+    )
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Field encryption for codes: AES-256-GCM with a key id, and a keyed fingerprint for uniqueness."""
+"""Field encryption for codes: AES-256-GCM with a key id, and a keyed fingerprint for uniqueness;
+the same keys seal the gateway's store secrets (`SecretSealer`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import hmac
 import os
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import SecretStr
 
 from shared.settings import VaultKeySettings
 
@@ -63,21 +67,11 @@ class CodeCipher:
 
     @classmethod
     def from_settings(cls, settings: VaultKeySettings) -> CodeCipher:
-        raw = settings.vault_keys.get_secret_value().strip()
-        if not raw:
-            raise VaultKeyError("TASLEEM_VAULT_KEYS is not set")
-        keys: dict[str, bytes] = {}
-        order: list[str] = []
-        for entry in raw.split(","):
-            kid, _, b64 = entry.strip().partition(":")
-            if not kid or not b64:
-                raise VaultKeyError("TASLEEM_VAULT_KEYS entries must be '<key id>:<base64 key>'")
-            keys[kid] = base64.b64decode(b64)
-            order.append(kid)
+        keys, active = parse_vault_keys(settings.vault_keys)
         fp = settings.vault_fingerprint_key.get_secret_value().strip()
         if not fp:
             raise VaultKeyError("TASLEEM_VAULT_FINGERPRINT_KEY is not set")
-        return cls(keys, order[0], base64.b64decode(fp))
+        return cls(keys, active, base64.b64decode(fp))
 
     @property
     def active_key_id(self) -> str:
@@ -105,6 +99,82 @@ class CodeCipher:
         return hmac.new(
             self._fingerprint_key, normalise_code(code).encode(), hashlib.sha256
         ).digest()
+
+
+def parse_vault_keys(vault_keys: SecretStr) -> tuple[dict[str, bytes], str]:
+    """TASLEEM_VAULT_KEYS as keys by id, and the id of the first one (the one that encrypts)."""
+    raw = vault_keys.get_secret_value().strip()
+    if not raw:
+        raise VaultKeyError("TASLEEM_VAULT_KEYS is not set")
+    keys: dict[str, bytes] = {}
+    order: list[str] = []
+    for entry in raw.split(","):
+        kid, _, b64 = entry.strip().partition(":")
+        if not kid or not b64:
+            raise VaultKeyError("TASLEEM_VAULT_KEYS entries must be '<key id>:<base64 key>'")
+        keys[kid] = base64.b64decode(b64)
+        order.append(kid)
+    return keys, order[0]
+
+
+class SecretSealer:
+    """Seals secrets that are not codes (a store's webhook secrets and platform credentials)
+    under the vault keys, by key id like codes, so the same rotation applies.
+
+    Each key id's AES-256-GCM key is derived from its vault key for this use alone (HKDF), so a
+    sealed code never opens as a secret nor a secret as a code whatever their associated data
+    (a sku may be any text, `store-secret:x` included); `associated` binds a ciphertext to the
+    row it was sealed for."""
+
+    INFO = b"tasleem: secrets at rest, v1"
+
+    def __init__(self, keys: dict[str, bytes], active_key_id: str):
+        if active_key_id not in keys:
+            raise VaultKeyError("the active key id has no key")
+        for kid, key in keys.items():
+            if len(key) != 32:
+                raise VaultKeyError(f"key {kid!r} must be 32 bytes (AES-256)")
+        self._aead = {kid: AESGCM(self._derive(key)) for kid, key in keys.items()}
+        self._active = active_key_id
+
+    @classmethod
+    def from_keys(cls, vault_keys: SecretStr) -> SecretSealer:
+        return cls(*parse_vault_keys(vault_keys))
+
+    @classmethod
+    def _derive(cls, key: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=cls.INFO).derive(key)
+
+    @property
+    def active_key_id(self) -> str:
+        return self._active
+
+    def seal(self, secret: str, associated: str) -> str:
+        """`<key id>:<base64 nonce||ciphertext||tag>`."""
+        nonce = os.urandom(NONCE_BYTES)
+        blob = self._aead[self._active].encrypt(nonce, secret.encode(), associated.encode())
+        return SealedCode(self._active, nonce + blob).to_text()
+
+    def open(self, sealed: str, associated: str) -> str:
+        """The secret; CodeDecryptError when it was sealed for another row or key, or altered."""
+        try:
+            parsed = SealedCode.from_text(sealed)
+        except ValueError:  # binascii.Error included
+            raise CodeDecryptError("not a sealed secret") from None
+        aead = self._aead.get(parsed.key_id)
+        if aead is None:
+            raise CodeDecryptError(f"unknown key id {parsed.key_id!r}")
+        try:
+            plain = aead.decrypt(
+                parsed.blob[:NONCE_BYTES], parsed.blob[NONCE_BYTES:], associated.encode()
+            )
+        except Exception as exc:  # InvalidTag carries no message worth keeping
+            raise CodeDecryptError("ciphertext does not verify") from exc
+        return plain.decode()
+
+    def is_current(self, sealed: str) -> bool:
+        """Sealed under the key that encrypts now (else it is sealed again at start-up)."""
+        return sealed.startswith(self._active + ":")
 
 
 def generate_key_settings(key_id: str = "k1") -> dict[str, str]:

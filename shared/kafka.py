@@ -29,7 +29,13 @@ from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
 from shared import kafka_clients, metrics, topology
-from shared.events import EVENT_BY_TOPIC, Event, dlq_topic, validation_summary
+from shared.events import (
+    EVENT_BY_TOPIC,
+    Event,
+    UnsupportedVersion,
+    dlq_topic,
+    validation_summary,
+)
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -233,10 +239,12 @@ class ConsumerLoop:
             events = parsed.events.setdefault(tp.topic, [])
             for record in records:
                 try:
-                    events.append((record, model.model_validate_json(record.value)))
+                    events.append((record, model.from_kafka(record.value)))
                 except ValidationError as exc:
                     reason = f"invalid {model.__name__}: {validation_summary(exc)}"
                     parsed.poison.append((record, reason))
+                except UnsupportedVersion as exc:
+                    parsed.poison.append((record, str(exc)))
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
                 parsed.lag[tp] = max(highwater - parsed.offsets[tp], 0)

@@ -49,7 +49,9 @@ def connection_options(settings: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-def _options(settings: KafkaSettings, defaults: dict[str, Any], overrides: dict[str, Any]):
+def _options(
+    settings: KafkaSettings, defaults: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
     refused = CONNECTION_OPTIONS & set(overrides)
     if refused:
         raise ValueError(f"connection options come from the settings, not from {sorted(refused)}")

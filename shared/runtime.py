@@ -20,12 +20,17 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from shared.http_errors import json_errors
 from shared.logs import setup_logging
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool] | bool]
+# A connection must finish its request headers within this, and an idle keep-alive connection
+# is closed after it: aiohttp's keepalive timer also runs from the moment a connection opens,
+# and partial header bytes do not reset it (200 slow-header connections held for 40 s before).
+HEADER_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -46,6 +51,11 @@ class Runtime:
     app: web.Application
     workers: list[Worker] = field(default_factory=list)
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # first, so every error of every route (and of the other middlewares) is JSON
+        if json_errors not in self.app.middlewares:
+            self.app.middlewares.insert(0, json_errors)
 
     def add_worker(
         self, name: str, run: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], None]
@@ -86,6 +96,13 @@ def admin_routes(runtime: Runtime) -> list[web.RouteDef]:
     return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
 
 
+def runner(app: web.Application, header_timeout_s: float = HEADER_TIMEOUT_S) -> web.AppRunner:
+    """The runner every service serves its app with: no access log, the header timeout."""
+    return web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=header_timeout_s
+    )
+
+
 async def serve(
     name: str, settings: ServiceSettings, lifespan: Lifespan, **app_options: Any
 ) -> int:
@@ -100,9 +117,9 @@ async def serve(
     app.add_routes(admin_routes(runtime))
     exit_code = 0
     async with lifespan(runtime):
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.admin_host, settings.admin_port, backlog=1024)
+        app_runner = runner(app)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, settings.admin_host, settings.admin_port, backlog=1024)
         await site.start()
         log.info("%s listening on %s:%d", name, settings.admin_host, settings.admin_port)
         tasks = {asyncio.create_task(w.run(), name=w.name): w for w in runtime.workers}
@@ -126,7 +143,7 @@ async def serve(
                         await task
         finally:
             stop_wait.cancel()
-            await runner.cleanup()
+            await app_runner.cleanup()
     log.info("%s stopped", name)
     return exit_code
 

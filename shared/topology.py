@@ -17,6 +17,7 @@ from shared.events import (
     CodeAllocated,
     CodeRevoked,
     CodesPurchased,
+    DeliveryReceipt,
     InventoryLevel,
     MessageFailed,
     MessageSent,
@@ -102,6 +103,14 @@ PIPELINE = (
         dead_letters=True,
     ),
     Topic(
+        DeliveryReceipt.topic,
+        "a provider's receipt (accepted, delivered, failed), verified by the gateway",
+        "order key, else the provider's message id",
+        producers=("ingest",),
+        consumers=("notifier",),
+        dead_letters=True,
+    ),
+    Topic(
         MessageFailed.topic,
         "every channel failed: an operator must act",
         "order key",
@@ -109,16 +118,16 @@ PIPELINE = (
     ),
     Topic(
         InventoryLevel.topic,
-        "a sku's stock: available, reserved, backordered, sales",
-        "sku",
+        "an account's stock of a sku: available, reserved, backordered, sales",
+        "account and sku",
         producers=("allocator",),
         consumers=("restocker",),
         dead_letters=True,
     ),
     Topic(
         CodesPurchased.topic,
-        "codes bought from a supplier (sealed)",
-        "sku",
+        "codes bought from a supplier for an account (sealed)",
+        "account and sku",
         producers=("restocker",),
         consumers=("allocator",),
         dead_letters=True,
@@ -137,8 +146,8 @@ PIPELINE = (
 RESTOCKER_INTERNAL = (
     Topic(
         f"{RESTOCKER_APP_ID}-skus-changelog",
-        "the restocker's per-sku table (faust changelog)",
-        "sku",
+        "the restocker's table per account and sku (faust changelog)",
+        "account and sku",
         producers=("restocker",),
         readers=("restocker",),
         compacted=True,
@@ -173,13 +182,16 @@ def dead_letter_topics() -> tuple[Topic, ...]:
 TOPICS: tuple[Topic, ...] = PIPELINE + dead_letter_topics() + RESTOCKER_INTERNAL
 TOPIC_BY_NAME = {t.name: t for t in TOPICS}
 
-# Everything outside the cluster may call: store webhooks and providers' delivery receipts.
-# /metrics, /readyz and /admin stay inside.
+# Everything outside the cluster may call, all through the gateway: store webhooks and the
+# providers' delivery receipts (/webhooks/whatsapp, /twilio, /unifonic, /ses), which it
+# verifies and publishes to `delivery.receipt`. /metrics, /readyz and /admin stay inside.
 PUBLIC_ROUTES = (
-    Route("/webhooks/", "ingest", "stores: Salla, Zid, Shopify, WooCommerce, Standard Webhooks"),
-    Route("/webhooks/whatsapp", "notifier", "Meta: WhatsApp status webhooks and verification"),
-    Route("/webhooks/twilio", "notifier", "Twilio: message status callbacks"),
-    Route("/webhooks/unifonic", "notifier", "Unifonic: delivery reports"),
+    Route(
+        "/webhooks/",
+        "ingest",
+        "stores (Salla, Zid, Shopify, WooCommerce, Standard Webhooks); receipts from Meta, "
+        "Twilio, Unifonic and SES (through SNS)",
+    ),
 )
 
 

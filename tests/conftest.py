@@ -6,15 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from deploy.embedded.broker import EMBEDDED_ENV, EmbeddedBroker
-from deploy.embedded.postgres import EmbeddedPostgres
+from deploy.embedded.postgres import (
+    DATABASE_SERVICES,
+    EmbeddedPostgres,
+    ServiceRole,
+    create_service_roles,
+)
 from deploy.embedded.processes import free_port
 from shared.codecrypt import CodeCipher, generate_key_settings
 from shared.settings import VaultKeySettings
@@ -90,6 +97,24 @@ async def module_database(pg_server: str) -> AsyncIterator[str]:
 def _with_database(dsn: str, name: str) -> str:
     base, _, _ = dsn.rpartition("/")
     return f"{base}/{name}"
+
+
+def as_role(dsn: str, role: str, password: str) -> str:
+    """`dsn` with another user and password (the embedded server wants a password)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture
+async def service_databases(database: str) -> AsyncIterator[dict[str, str]]:
+    """A fresh database set up as `tasleem up` does: each service's DSN logs in (scram) as its
+    own non-superuser role, which owns its schema. Keys: ingest, allocator, notifier."""
+    name = database.rpartition("/")[2]
+    roles = [ServiceRole(s, secrets.token_urlsafe(16)) for s in DATABASE_SERVICES]
+    await create_service_roles(database, name, roles)
+    yield {r.service: as_role(database, r.name, r.password) for r in roles}
 
 
 @pytest.fixture(scope="module")

@@ -34,10 +34,42 @@ def database_url(home: Path = DEFAULT_HOME) -> str:
     return str(stack_info(home)["database"])
 
 
-def admin_token(home: Path = DEFAULT_HOME) -> str:
-    """The bearer token `tasleem up` gives the local admin APIs (README: `.tasleem/admin_token`)."""
-    path = home / "admin_token"
+def database_url_of(service: str, home: Path = DEFAULT_HOME) -> str:
+    """TASLEEM_DATABASE_URL, or the embedded stack's DSN for `service`'s own role (it owns the
+    service's schema; the superuser DSN is `database_url`)."""
+    if url := os.environ.get("TASLEEM_DATABASE_URL"):
+        return url
+    info = stack_info(home)
+    return str(info.get("databases", {}).get(service) or info["database"])
+
+
+def admin_token_path(home: Path, service: str, role: str) -> Path:
+    """Where `tasleem up` keeps the token of the local operator for one service and role."""
+    return home / "admin" / f"{service}-{role}.token"
+
+
+def admin_token(home: Path = DEFAULT_HOME, service: str = "notifier", role: str = "operate") -> str:
+    """The local operator's bearer token for `service`'s admin API with `role`
+    (README: `.tasleem/admin/<service>-<role>.token`)."""
+    path = admin_token_path(home, service, role)
     return path.read_text().strip() if path.exists() else ""
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create `path` readable by its owner only from the first byte: never a moment with the
+    umask's permissions (a write followed by a chmod leaves one)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def replace_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with a new 0600 file (readers see the old or the new one)."""
+    staging = path.with_name(path.name + ".new")
+    staging.unlink(missing_ok=True)
+    write_private(staging, text)
+    os.replace(staging, path)
 
 
 def kafka_settings(home: Path = DEFAULT_HOME) -> KafkaSettings:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import time
@@ -25,12 +24,21 @@ import aiohttp
 import asyncpg
 from pydantic import SecretStr
 
+from deploy.embedded import local
 from deploy.embedded.broker import EMBEDDED_ENV, EmbeddedBroker, client_settings
-from deploy.embedded.postgres import EmbeddedPostgres
+from deploy.embedded.postgres import (
+    DATABASE_SERVICES,
+    EmbeddedPostgres,
+    ServiceRole,
+    create_service_roles,
+    hand_schemas_to_their_roles,
+)
 from deploy.embedded.processes import ManagedProcess, free_port
+from deploy.sandbox.platforms import salla_merchant_id
 from services.allocator.main import SQL as ALLOCATOR_SQL
 from services.ingest.main import SQL as INGEST_SQL
 from services.ingest.stores import Store, upsert_store
+from shared import admin_auth
 from shared.codecrypt import generate_key_settings
 from shared.db import migrate
 from shared.kafka import ensure_topics, topic_specs
@@ -39,6 +47,11 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("ingest", "allocator", "notifier", "restocker")
 DATABASE = "tasleem"
+SES_CONFIGURATION_SET = "tasleem-receipts"
+SES_TOPIC_ARN = "arn:aws:sns:me-south-1:000000000000:tasleem-ses-events"
+ADMIN_ROLES: tuple[admin_auth.Role, ...] = ("read", "operate")
+# who the audit names for a local token (a resend says which caller asked for it)
+LOCAL_CALLERS: dict[admin_auth.Role, str] = {"read": "local-reader", "operate": "local-operator"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,8 @@ class Stack:
         self.processes: dict[str, ManagedProcess] = {}
         self.ports: dict[str, int] = {}
         self.info: dict[str, Any] = {}
+        # each service's DSN, as its own role (the embedded database only)
+        self.database_urls: dict[str, str] = {}
         self._supervising = True
 
     # ---- start -------------------------------------------------------------------------------
@@ -95,6 +110,8 @@ class Stack:
         keys = self._keys()
         stores = self._stores()
         await self._prepare_database(database_url, stores)
+        if self.postgres is not None:
+            await hand_schemas_to_their_roles(database_url, self._database_roles())
         await ensure_topics(client_settings(kafka), topic_specs(self.options.partitions))
 
         for name in ("sandbox", *SERVICES):
@@ -118,7 +135,12 @@ class Stack:
                     f"services.{name}.main" if name != "restocker" else "services.restocker.app",
                 ],
                 log_path=self.logs / f"{name}.log",
-                env={**common, **env[name], "TASLEEM_ADMIN_PORT": str(self.ports[name])},
+                env={
+                    **common,
+                    **self._database_env(name),
+                    **env[name],
+                    "TASLEEM_ADMIN_PORT": str(self.ports[name]),
+                },
             )
             self.processes[name].start()
         await self._wait_ready(["sandbox", *SERVICES])
@@ -130,6 +152,7 @@ class Stack:
             "restocker": f"http://127.0.0.1:{self.ports['restocker']}",
             "kafka": kafka,
             "database": database_url,
+            "databases": self.database_urls,
             "stores": [{"id": s.store_id, "platform": s.platform} for s in stores],
             "skus": [s.sku for s in DEMO_SKUS],
             "pids": {n: p.pid for n, p in self.all_processes().items()},
@@ -151,7 +174,10 @@ class Stack:
             return self.options.database_url
         self.ports["postgres"] = free_port()
         self.postgres = EmbeddedPostgres(
-            self.home / "pg", self.ports["postgres"], self.logs / "postgres.log"
+            self.home / "pg",
+            self.ports["postgres"],
+            self.logs / "postgres.log",
+            password=self._secret("database:postgres"),
         )
         self.postgres.start()
         await _until(lambda: _pg_ready(self.postgres.dsn), 60, "PostgreSQL", self.postgres.process)
@@ -161,7 +187,35 @@ class Stack:
                 await conn.execute(f"CREATE DATABASE {DATABASE}")
         finally:
             await conn.close()
-        return self.postgres.dsn_for(DATABASE)
+        roles = self._database_roles()
+        await create_service_roles(self.postgres.dsn_for(DATABASE), DATABASE, roles)
+        passfile = self._pgpass(
+            {"postgres": self.postgres.password, **{r.name: r.password for r in roles}}
+        )
+        self.database_urls = {r.service: self._dsn(r.name, passfile) for r in roles}
+        return self._dsn("postgres", passfile)
+
+    def _database_roles(self) -> list[ServiceRole]:
+        return [ServiceRole(s, self._secret(f"database:{s}")) for s in DATABASE_SERVICES]
+
+    def _pgpass(self, passwords: dict[str, str]) -> Path:
+        """The roles' passwords in a libpq password file (0600), so no DSN the stack hands out
+        (env, `stack.json`, logs) carries one."""
+        path = self.home / "pgpass"
+        lines = "".join(f"127.0.0.1:*:*:{user}:{pw}\n" for user, pw in passwords.items())
+        local.replace_private(path, lines)
+        return path
+
+    def _dsn(self, user: str, passfile: Path) -> str:
+        assert self.postgres is not None
+        return f"postgresql://{user}@127.0.0.1:{self.postgres.port}/{DATABASE}?passfile={passfile}"
+
+    def _database_env(self, service: str) -> dict[str, str]:
+        """A service's own DSN: its role owns its schema and can read no other (the restocker,
+        with no schema, gets none rather than the superuser's)."""
+        if not self.database_urls:
+            return {}  # a database of the developer's: its DSN, as given, for every service
+        return {"TASLEEM_DATABASE_URL": self.database_urls.get(service, "")}
 
     async def _start_broker(self) -> str:
         if self.options.kafka_bootstrap:
@@ -175,21 +229,28 @@ class Stack:
         return self.broker.bootstrap
 
     def _secret(self, name: str) -> str:
-        return self._persisted_secrets()[name]
+        """A secret of the stack by name: made at random the first time it is asked for, on its
+        own (none is derived from another, so holding one tells nothing of the rest)."""
+        stored = self._persisted_secrets()
+        if name not in stored:
+            stored[name] = secrets.token_urlsafe(32)
+            local.replace_private(self.home / "secrets.json", json.dumps(stored))
+        return stored[name]
 
     def _persisted_secrets(self) -> dict[str, str]:
-        """Secrets made once per stack home and kept, so a restarted stack reads its vault."""
+        """Secrets made once per stack home and kept, so a restarted stack reads its vault;
+        `secrets.json` is created 0600 (never readable by others, not even for a moment)."""
         path = self.home / "secrets.json"
         if path.exists():
-            return json.loads(path.read_text())
+            stored: dict[str, str] = json.loads(path.read_text())
+            return stored
         values = {
             **generate_key_settings(),
             "whatsapp_token": secrets.token_urlsafe(24),
             "supplier_secret": secrets.token_urlsafe(24),
             "store_secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
         }
-        path.write_text(json.dumps(values))
-        path.chmod(0o600)
+        local.write_private(path, json.dumps(values))
         return values
 
     def _keys(self) -> dict[str, str]:
@@ -197,50 +258,88 @@ class Stack:
         return {k: v for k, v in stored.items() if k.startswith("TASLEEM_")}
 
     def _stores(self) -> list[Store]:
+        """The demo stores, each with its own random webhook secret (its account: its id)."""
+        secret = self._store_secret
         return [
             Store(
                 store_id="demo-store",
                 platform="standard",
                 name="متجر تسليم التجريبي",
-                secrets=(self._secret("store_secret"),),
+                secrets=(secret("demo-store", "standard"),),
                 locale="ar",
             ),
             Store(
                 store_id="gulf-games",
                 platform="standard",
                 name="Gulf Games",
-                secrets=(self._secret("store_secret"),),
+                secrets=(secret("gulf-games", "standard"),),
                 locale="en",
             ),
             # one store per other platform, so a demo surge arrives in every wire format
-            Store("salla-souq", "salla", "سوق سلة", (self._platform_secret("salla"),)),
-            Store("zid-cards", "zid", "بطاقات زد", ("tasleem:" + self._platform_secret("zid"),)),
+            Store(
+                "salla-souq",
+                "salla",
+                "سوق سلة",
+                (secret("salla-souq", "salla"),),
+                platform_store_id=str(salla_merchant_id("salla-souq")),
+            ),
+            Store(
+                "zid-cards",
+                "zid",
+                "بطاقات زد",
+                (secret("zid-cards", "zid"),),
+                api_credential=self._zid_api_credential("zid-cards"),
+            ),
             Store(
                 "shopify-keys",
                 "shopify",
                 "Shopify Keys",
-                (self._platform_secret("shopify"),),
+                (secret("shopify-keys", "shopify"),),
                 locale="en",
             ),
             Store(
                 "woo-codes",
                 "woocommerce",
                 "Woo Codes",
-                (self._platform_secret("woocommerce"),),
+                (secret("woo-codes", "woocommerce"),),
                 locale="en",
             ),
         ]
 
+    def _zid_api_credential(self, store_id: str) -> str:
+        """A Zid store's orders API credential (`<Authorization>:<X-Manager-Token>`), which the
+        sandbox's Zid API accepts for that store only."""
+        authorization = self._secret(f"zid-api-authorization:{store_id}")
+        return f"{authorization}:{self._secret(f'zid-api-manager-token:{store_id}')}"
+
+    def _store_secret(self, store_id: str, platform: str) -> str:
+        """A demo store's webhook secret: random, made once per stack home, one per store, in
+        `store_secrets.json` (created 0600: never readable by others, not even briefly)."""
+        path = self.home / "store_secrets.json"
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        if store_id not in stored:
+            random_part = secrets.token_urlsafe(24)
+            stored[store_id] = {
+                "standard": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
+                "zid": "tasleem:" + random_part,
+            }.get(platform, random_part)
+            fresh = path.with_suffix(".tmp")
+            fresh.unlink(missing_ok=True)
+            with os.fdopen(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                json.dump(stored, f)
+            fresh.replace(path)
+        return stored[store_id]
+
     def _notifier_channels(self, sandbox_url: str) -> dict[str, str]:
-        """The notifier's SMS and email providers and receipts, all played by the sandbox."""
+        """The notifier's SMS and email providers, all played by the sandbox; their receipts go
+        to the gateway."""
         return {
-            "TASLEEM_NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{self.ports['notifier']}",
-            "TASLEEM_WHATSAPP_APP_SECRET": self._platform_secret("whatsapp-app"),
+            "TASLEEM_GATEWAY_PUBLIC_URL": self._gateway_url(),
+            "TASLEEM_RECEIPT_WAIT_S": "15",
             # the demo surge runs at a high-tier number's throughput (the default is 80/s)
             "TASLEEM_WHATSAPP_RATE_PER_S": "1000",
             "TASLEEM_UNIFONIC_BASE_URL": sandbox_url,
             "TASLEEM_UNIFONIC_APP_SID": self._platform_secret("unifonic"),
-            "TASLEEM_UNIFONIC_RECEIPT_TOKEN": self._platform_secret("unifonic-dlr"),
             "TASLEEM_TWILIO_BASE_URL": sandbox_url,
             "TASLEEM_TWILIO_ACCOUNT_SID": "AC" + self._platform_secret("twilio-sid")[:32],
             "TASLEEM_TWILIO_AUTH_TOKEN": self._platform_secret("twilio"),
@@ -248,21 +347,45 @@ class Stack:
             "TASLEEM_SES_BASE_URL": sandbox_url,
             "TASLEEM_SES_ACCESS_KEY": "AKIDTASLEEMSANDBOX",
             "TASLEEM_SES_SECRET_KEY": self._platform_secret("ses"),
+            "TASLEEM_SES_CONFIGURATION_SET": SES_CONFIGURATION_SET,
+        }
+
+    def _gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['ingest']}"
+
+    def _receipt_secrets(self, sandbox_url: str) -> dict[str, str]:
+        """What the gateway verifies each provider's receipts with; the sandbox's SNS signs
+        with a certificate it serves itself, so that is where certificates may come from."""
+        return {
+            "TASLEEM_GATEWAY_PUBLIC_URL": self._gateway_url(),
+            "TASLEEM_WHATSAPP_APP_SECRET": self._platform_secret("whatsapp-app"),
+            # Meta's subscription check needs one: without it no status webhook is ever sent
+            "TASLEEM_WHATSAPP_VERIFY_TOKEN": self._platform_secret("whatsapp-verify"),
+            "TASLEEM_TWILIO_AUTH_TOKEN": self._platform_secret("twilio"),
+            "TASLEEM_UNIFONIC_RECEIPT_TOKEN": self._platform_secret("unifonic-dlr"),
+            "TASLEEM_SES_TOPIC_ARNS": json.dumps([SES_TOPIC_ARN]),
+            "TASLEEM_SNS_ORIGIN_PATTERN": re.escape(sandbox_url),
         }
 
     def service_env(self, sandbox_url: str) -> dict[str, dict[str, str]]:
         """Each service's own TASLEEM_* settings (the common ones come on top)."""
         return {
-            "ingest": {"TASLEEM_INGEST_ADMIN_TOKEN": self._admin_token()},
-            "allocator": {"TASLEEM_ALLOCATOR_ADMIN_TOKEN": self._admin_token()},
+            # TASLEEM_VAULT_KEYS (store secrets are sealed with them) comes with the common env
+            "ingest": {
+                **self._admin_tokens("ingest"),
+                **self._receipt_secrets(sandbox_url),
+                "TASLEEM_ZID_API_BASE_URL": f"{sandbox_url}/zid/v1",
+            },
+            "allocator": self._admin_tokens("allocator"),
             "notifier": {
-                "TASLEEM_NOTIFIER_ADMIN_TOKEN": self._admin_token(),
+                **self._admin_tokens("notifier"),
                 "TASLEEM_WHATSAPP_BASE_URL": sandbox_url,
                 "TASLEEM_WHATSAPP_TOKEN": self._secret("whatsapp_token"),
                 "TASLEEM_WHATSAPP_PHONE_NUMBER_ID": "100200300",
                 **self._notifier_channels(sandbox_url),
             },
             "restocker": {
+                **self._admin_tokens("restocker"),
                 "TASLEEM_SUPPLIER_BASE_URL": f"{sandbox_url}/reloadly",
                 "TASLEEM_SUPPLIER_CLIENT_ID": "tasleem",
                 "TASLEEM_SUPPLIER_CLIENT_SECRET": self._secret("supplier_secret"),
@@ -275,71 +398,100 @@ class Stack:
             },
         }
 
-    def _admin_token(self) -> str:
-        """One bearer token for the admin APIs of the local stack, kept in `admin_token`
-        (readable by its owner only) so an operator can use it with curl."""
-        token = self._platform_secret("admin-api")
-        path = self.home / "admin_token"
-        if not path.exists():
-            path.write_text(token + "\n")
-            path.chmod(0o600)
-        return token
+    def _admin_tokens(self, service: str) -> dict[str, str]:
+        """`service`'s admin tokens: the local operator gets one per role, each in its own file
+        `admin/<service>-<role>.token` (0600) for curl and the `tasleem` tools; the service is
+        given only their digests."""
+        # the one token an older stack gave every admin API: no service accepts it any more
+        (self.home / "admin_token").unlink(missing_ok=True)
+        entries = []
+        for role in ADMIN_ROLES:
+            path = local.admin_token_path(self.home, service, role)
+            if not path.exists():
+                local.write_private(path, admin_auth.new_token() + "\n")
+            token = path.read_text().strip()
+            entries.append(admin_auth.entry(LOCAL_CALLERS[role], role, token))
+        return {f"TASLEEM_{service.upper()}_ADMIN_TOKENS": ",".join(entries)}
 
     def _platform_secret(self, platform: str) -> str:
-        """A per-platform webhook secret derived from the stack's persisted store secret."""
-        seed = self._secret("store_secret").encode()
-        return hmac.new(seed, platform.encode(), hashlib.sha256).hexdigest()
+        """A provider or platform credential of the local stack: random, one of its own."""
+        return self._secret(f"platform:{platform}")
 
     async def _prepare_database(self, dsn: str, stores: list[Store]) -> None:
         """Migrate, register the demo stores, and seed demo stock (once per stack home)."""
         from services.allocator import handlers, vault
-        from shared.codecrypt import CodeCipher
+        from shared.codecrypt import CodeCipher, SecretSealer
+        from shared.events import Stock
         from shared.settings import VaultKeySettings
 
         conn = await asyncpg.connect(dsn)
         try:
             await migrate(conn, "ingest", INGEST_SQL)
             await migrate(conn, "allocator", ALLOCATOR_SQL)
-            await conn.execute("SET search_path TO ingest")
-            for store in stores:
-                await upsert_store(conn, store)
-            await conn.execute("SET search_path TO allocator")
             keys = self._keys()
+            await conn.execute("SET search_path TO ingest")
+            sealer = SecretSealer.from_keys(SecretStr(keys["TASLEEM_VAULT_KEYS"]))
+            for store in stores:
+                await upsert_store(conn, store, sealer)
+            await conn.execute("SET search_path TO allocator")
             cipher = CodeCipher.from_settings(
                 VaultKeySettings(
                     vault_keys=SecretStr(keys["TASLEEM_VAULT_KEYS"]),
                     vault_fingerprint_key=SecretStr(keys["TASLEEM_VAULT_FINGERPRINT_KEY"]),
                 )
             )
-            for sku in DEMO_SKUS:
-                have = await conn.fetchval("SELECT count(*) FROM codes WHERE sku = $1", sku.sku)
-                if have:
-                    continue
-                codes = [_demo_code(sku.sku) for _ in range(self.options.demo_stock_per_sku)]
-                async with conn.transaction():
-                    await vault.import_plain_codes(conn, cipher, sku.sku, codes, source="demo")
-                    await handlers.distribute(conn, [sku.sku], report_levels=True)
+            # every store is its own merchant account: each gets its own demo stock, and
+            # no store's orders can take another's codes
+            for store in stores:
+                for sku in DEMO_SKUS:
+                    demo_stock = Stock(store.store_id, sku.sku)
+                    have = await conn.fetchval(
+                        "SELECT count(*) FROM codes WHERE account = $1 AND sku = $2", *demo_stock
+                    )
+                    if have:
+                        continue
+                    count = self.options.demo_stock_per_sku
+                    codes = [_demo_code(sku.sku) for _ in range(count)]
+                    async with conn.transaction():
+                        await vault.import_plain_codes(
+                            conn, cipher, demo_stock, codes, source="demo"
+                        )
+                        await handlers.distribute(conn, [demo_stock], report_levels=True)
         finally:
             await conn.close()
 
     def _start_sandbox(self, stores: list[Store]) -> None:
-        notifier = f"http://127.0.0.1:{self.ports['notifier']}"
+        gateway = self._gateway_url()
         config = {
-            "gateway": f"http://127.0.0.1:{self.ports['ingest']}",
+            "gateway": gateway,
+            "url": f"http://127.0.0.1:{self.ports['sandbox']}",
             "stores": [
-                {"id": s.store_id, "platform": s.platform, "name": s.name, "secret": s.secrets[0]}
+                {
+                    "id": s.store_id,
+                    "platform": s.platform,
+                    "name": s.name,
+                    "secret": s.secrets[0],
+                    **({"api_credential": s.api_credential} if s.api_credential else {}),
+                }
                 for s in stores
             ],
             "whatsapp": {
                 "token": self._secret("whatsapp_token"),
                 "phone_number_id": "100200300",
                 "app_secret": self._platform_secret("whatsapp-app"),
-                "status_webhook_url": f"{notifier}/webhooks/whatsapp",
+                "status_webhook_url": f"{gateway}/webhooks/whatsapp",
+                "verify_token": self._platform_secret("whatsapp-verify"),
             },
             "unifonic": {
                 "app_sid": self._platform_secret("unifonic"),
-                "dlr_url": f"{notifier}/webhooks/unifonic?token="
+                "dlr_url": f"{gateway}/webhooks/unifonic?token="
                 + self._platform_secret("unifonic-dlr"),
+            },
+            "ses": {
+                "access_key": "AKIDTASLEEMSANDBOX",
+                "configuration_set": SES_CONFIGURATION_SET,
+                "sns_endpoint": f"{gateway}/webhooks/ses",
+                "sns_topic_arn": SES_TOPIC_ARN,
             },
             "twilio": {
                 "account_sid": "AC" + self._platform_secret("twilio-sid")[:32],
@@ -387,9 +539,8 @@ class Stack:
         self.processes["sandbox"].start()
 
     def _supplier_secret(self, role: str) -> str:
-        """A secret per supplier credential, derived from the persisted supplier secret."""
-        seed = self._secret("supplier_secret").encode()
-        return hmac.new(seed, role.encode(), hashlib.sha256).hexdigest()[:32]
+        """A supplier credential: random, one of its own (Like4Card's key and IV are 32 long)."""
+        return self._secret(f"supplier:{role}")[:32]
 
     def _restocker_suppliers(self, sandbox_url: str) -> list[dict[str, Any]]:
         """The restocker's suppliers, in the sandbox: Reloadly first, then Bamboo, Like4Card."""

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     config = SandboxConfig.model_validate_json(args.config.read_text(encoding="utf-8"))
+    if config.url is None:
+        config.url = f"http://{args.host}:{args.port}"
     web.run_app(
         init_app(config),
         host=args.host,

@@ -58,6 +58,7 @@ def init_app(config: SandboxConfig) -> web.Application:
     app[like4card.LIKE4CARD] = like4card.Like4Card(config.suppliers.like4card)
     app.cleanup_ctx.append(stores.gateway_client)
     app[receipts.RECEIPTS] = receipts.Receipts()
+    app[receipts.SUBSCRIPTIONS] = receipts.Subscriptions()
     app.cleanup_ctx.append(receipts.receipts_client)
 
     for party in PARTIES:
@@ -66,6 +67,7 @@ def init_app(config: SandboxConfig) -> web.Application:
         health_routes,
         faults.routes,
         inbox.routes,
+        receipts.routes,
         stores.routes,
         supplier.control_routes,
         bamboo.control_routes,

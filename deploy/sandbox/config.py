@@ -25,6 +25,9 @@ class StoreConfig(_Section):
     # Zid: `username:password` for basic auth.
     secret: str = Field(min_length=1)
     salla_strategy: Literal["signature", "token"] = "signature"
+    # Zid only: what its orders API accepts for this store, `<Authorization>:<X-Manager-Token>`
+    # (PLATFORM_APIS.md); none: the API refuses every call for it
+    api_credential: str | None = None
     prices: dict[str, Decimal] = {}
     default_price: Decimal = Decimal("50.00")
 
@@ -39,13 +42,21 @@ class StoreConfig(_Section):
                 raise ValueError("the secret after 'whsec_' must be base64") from exc
         if self.platform == "zid" and ":" not in self.secret:
             raise ValueError("a Zid secret is 'username:password'")
+        if self.api_credential is not None:
+            if self.platform != "zid":
+                raise ValueError("only a Zid store has an orders API credential")
+            if ":" not in self.api_credential:
+                raise ValueError("a Zid API credential is '<Authorization>:<X-Manager-Token>'")
         return self
 
 
 class WhatsAppConfig(_Section):
     token: str = "sandbox-whatsapp-token"
     phone_number_id: str = "1234567890"
-    app_secret: str = "sandbox-whatsapp-app-secret"  # would sign status webhooks
+    app_secret: str = "sandbox-whatsapp-app-secret"  # signs status webhooks
+    # when set, Meta's verification request (hub.challenge) must succeed before any status
+    # webhook is sent, as for a real app's callback URL
+    verify_token: str | None = None
     not_on_whatsapp: list[str] = ["+966500000000"]
     # where status webhooks (delivered / failed) are POSTed; none: no webhooks
     status_webhook_url: str | None = None
@@ -67,6 +78,11 @@ class SesConfig(_Section):
     # When set, requests must carry a SigV4 Authorization header naming this key (the signature
     # itself is not verified). When unset, the sandbox accepts unsigned requests.
     access_key: str | None = None
+    # events (Delivery, Bounce) of sends naming this configuration set go by SNS to
+    # `sns_endpoint`, signed, once the subscription is confirmed; none: no events
+    configuration_set: str | None = None
+    sns_endpoint: str | None = None
+    sns_topic_arn: str = "arn:aws:sns:me-south-1:000000000000:tasleem-ses-events"
 
 
 class ReloadlyConfig(_Section):
@@ -117,6 +133,8 @@ class SuppliersConfig(_Section):
 
 class SandboxConfig(_Section):
     gateway: str
+    # the sandbox's own address, as its callers reach it (SNS's SigningCertURL, SubscribeURL)
+    url: str | None = None
     stores: list[StoreConfig]
     whatsapp: WhatsAppConfig = WhatsAppConfig()
     unifonic: UnifonicConfig = UnifonicConfig()

@@ -10,6 +10,7 @@ import uuid
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from deploy.sandbox import receipts
 from deploy.sandbox.config import CONFIG
 from deploy.sandbox.http import read_json
 from deploy.sandbox.inbox import INBOX
@@ -45,10 +46,17 @@ class Destination(BaseModel):
     ToAddresses: list[str] = Field(min_length=1, max_length=50)
 
 
+class MessageTag(BaseModel):
+    Name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,256}$")
+    Value: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,256}$")
+
+
 class SendEmailRequest(BaseModel):
     FromEmailAddress: str
     Destination: Destination
     Content: Content
+    ConfigurationSetName: str | None = None
+    EmailTags: list[MessageTag] = Field(default=[], max_length=50)
 
 
 def ses_error(status: int, kind: str, message: str) -> web.Response:
@@ -111,4 +119,14 @@ async def send_email(request: web.Request) -> web.Response:
     inbox = request.app[INBOX]
     for address in email.Destination.ToAddresses:
         inbox.deliver("email", PARTY, _bare(address), full_text, message_id)
+    ses = request.app[CONFIG].ses
+    if ses.configuration_set is not None and email.ConfigurationSetName == ses.configuration_set:
+        tags = {tag.Name: [tag.Value] for tag in email.EmailTags}
+        receipts.ses_event(
+            request,
+            message_id,
+            email.FromEmailAddress,
+            [_bare(a) for a in email.Destination.ToAddresses],
+            tags,
+        )
     return web.json_response({"MessageId": message_id})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
@@ -112,6 +113,10 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     state = faults.state[name]
     if state.latency_ms:
+        # the party has the whole request before it takes its time to answer: a caller that
+        # gives up (or dies) meanwhile does not undo it, as with a real provider
+        with contextlib.suppress(ConnectionError, web.HTTPException):
+            await request.read()
         await asyncio.sleep(state.latency_ms / 1000)
     if state.down:
         return faults.parties[name].unavailable(False)

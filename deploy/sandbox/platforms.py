@@ -66,11 +66,21 @@ def numeric_order_id() -> str:
 
 
 def paid(store: StoreConfig, sale: Sale) -> Webhook:
+    if store.platform == "salla":
+        return _salla_paid(sale, salla_merchant_id(store.id))
     return _PAID[store.platform](sale)
 
 
 def cancelled(store: StoreConfig, order_id: str, reason: str) -> Webhook:
+    if store.platform == "salla":
+        return _salla_cancelled(order_id, reason, salla_merchant_id(store.id))
     return _CANCELLED[store.platform](order_id, reason)
+
+
+def salla_merchant_id(store_id: str) -> int:
+    """The Salla merchant id the sandbox gives a store: stable, and different per store, so a
+    gateway holding the store's merchant id can check the envelope's `merchant`."""
+    return 10**9 + int.from_bytes(hashlib.sha256(store_id.encode()).digest()[:4]) % (9 * 10**9)
 
 
 def delivery_headers(store: StoreConfig, webhook: Webhook) -> dict[str, str]:
@@ -153,15 +163,15 @@ def _names(customer: dict[str, Any]) -> tuple[str, str]:
     return first, last
 
 
-def _salla_envelope(event: str, data: dict[str, Any]) -> bytes:
+def _salla_envelope(event: str, data: dict[str, Any], merchant: int) -> bytes:
     # Salla sends `created_at` both as ISO 8601 and as JS Date.toString(); the sandbox sends both.
     created = datetime.now(UTC).strftime(
         "%a %b %d %Y %H:%M:%S GMT+0000 (Coordinated Universal Time)"
     )
-    return _dumps({"event": event, "merchant": 1234509876, "created_at": created, "data": data})
+    return _dumps({"event": event, "merchant": merchant, "created_at": created, "data": data})
 
 
-def _salla_paid(sale: Sale) -> Webhook:
+def _salla_paid(sale: Sale, merchant: int) -> Webhook:
     code, mobile = _split_phone(sale.customer.get("phone"))
     first, last = _names(sale.customer)
     data = {
@@ -198,12 +208,14 @@ def _salla_paid(sale: Sale) -> Webhook:
             for n, line in enumerate(sale.lines)
         ],
     }
-    return Webhook("salla-" + secrets.token_hex(8), _salla_envelope("order.created", data))
+    body = _salla_envelope("order.created", data, merchant)
+    return Webhook("salla-" + secrets.token_hex(8), body)
 
 
-def _salla_cancelled(order_id: str, reason: str) -> Webhook:
+def _salla_cancelled(order_id: str, reason: str, merchant: int) -> Webhook:
     data = {"id": int(order_id), "status": {"slug": "canceled", "name": reason}}
-    return Webhook("salla-" + secrets.token_hex(8), _salla_envelope("order.cancelled", data))
+    body = _salla_envelope("order.cancelled", data, merchant)
+    return Webhook("salla-" + secrets.token_hex(8), body)
 
 
 # ---- Zid -----------------------------------------------------------------------------------
@@ -250,6 +262,19 @@ def _zid_paid(sale: Sale) -> Webhook:
 def _zid_cancelled(order_id: str, reason: str) -> Webhook:
     body = _dumps(_zid_order(order_id, "cancelled", "paid", None))
     return Webhook("zid-" + secrets.token_hex(8), body, query="event=order.status.update")
+
+
+def zid_unpaid(sale: Sale) -> Webhook:
+    """Zid's `order.create` for an order not paid yet (bank transfer, cash on delivery)."""
+    body = _dumps(_zid_order(sale.order_id, "new", "unpaid", sale))
+    return Webhook("zid-" + secrets.token_hex(8), body, query="event=order.create")
+
+
+def zid_order_view(sale: Sale, *, paid: bool, cancelled: bool) -> dict[str, Any]:
+    """`GET /managers/store/orders/{id}/view`'s answer: `{"order": {...}}`, the order as Zid
+    has it now (the fields PLATFORMS.md lists; no others are invented)."""
+    status = "cancelled" if cancelled else "new"
+    return {"order": _zid_order(sale.order_id, status, "paid" if paid else "unpaid", sale)}
 
 
 # ---- Shopify -------------------------------------------------------------------------------
@@ -301,7 +326,12 @@ def _shopify_paid(sale: Sale) -> Webhook:
 
 
 def _shopify_cancelled(order_id: str, reason: str) -> Webhook:
-    body = {"id": int(order_id), "cancel_reason": reason, "financial_status": "refunded"}
+    body = {
+        "id": int(order_id),
+        "cancel_reason": reason,
+        "cancelled_at": now_iso(),
+        "financial_status": "refunded",
+    }
     headers = _shopify_headers("orders/cancelled")
     return Webhook(headers["X-Shopify-Event-Id"], _dumps(body), headers)
 
@@ -326,6 +356,8 @@ def _woo_paid(sale: Sale) -> Webhook:
         "id": int(sale.order_id),
         "number": sale.order_id,
         "status": "processing",
+        "payment_method": "stripe",
+        "payment_method_title": "Credit card (Stripe)",
         "currency": sale.currency,
         "total": sale.total,
         "date_paid": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
@@ -356,14 +388,12 @@ def _woo_cancelled(order_id: str, reason: str) -> Webhook:
 
 _PAID = {
     "standard": _standard_paid,
-    "salla": _salla_paid,
     "zid": _zid_paid,
     "shopify": _shopify_paid,
     "woocommerce": _woo_paid,
 }
 _CANCELLED = {
     "standard": _standard_cancelled,
-    "salla": _salla_cancelled,
     "zid": _zid_cancelled,
     "shopify": _shopify_cancelled,
     "woocommerce": _woo_cancelled,

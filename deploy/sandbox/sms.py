@@ -8,7 +8,7 @@ import itertools
 import logging
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.utils import format_datetime
 
 from aiohttp import web
@@ -38,6 +38,7 @@ class SmsState:
         self.unifonic_ids = itertools.count(secrets.randbelow(9_000_000) + 1_000_000)
         self.unifonic_correlations: dict[str, int] = {}
         self.twilio_callbacks: dict[str, str] = {}  # message sid -> StatusCallback url
+        self.twilio_messages: list[dict[str, object]] = []  # what the Messages list returns
 
 
 SMS = web.AppKey("sms", SmsState)
@@ -163,4 +164,46 @@ async def twilio_send(request: web.Request) -> web.Response:
         "error_message": None,
         "uri": f"/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json",
     }
+    # the sandbox hands a message over at once: it is "sent" when created
+    request.app[SMS].twilio_messages.append(
+        {**reply, "status": "sent", "date_sent": created, "_sent_on": datetime.now(UTC).date()}
+    )
     return web.json_response(reply, status=201)
+
+
+@twilio_routes.get("/2010-04-01/Accounts/{sid}/Messages.json")
+async def twilio_list(request: web.Request) -> web.Response:
+    """Messages, newest first, filtered by `To`, `From` and `DateSent>=` / `DateSent<=` (GMT
+    days): how a sender finds out what went out when it lost the answer."""
+    sid = request.match_info["sid"]
+    if not _twilio_authenticated(request, sid):
+        return _twilio_error(401, 20003, "Authenticate")
+    query = request.query
+    try:
+        after = _day(query.get("DateSent>"))
+        before = _day(query.get("DateSent<"))
+        size = min(max(int(query.get("PageSize", "50")), 1), 1000)
+    except ValueError:
+        return _twilio_error(400, 20001, "Invalid query parameter")
+    found = [
+        m
+        for m in reversed(request.app[SMS].twilio_messages)
+        if query.get("To", m["to"]) == m["to"]
+        and query.get("From", m["from"]) == m["from"]
+        and (after is None or m["_sent_on"] >= after)  # type: ignore[operator]
+        and (before is None or m["_sent_on"] <= before)  # type: ignore[operator]
+    ][:size]
+    messages = [{k: v for k, v in m.items() if not k.startswith("_")} for m in found]
+    return web.json_response(
+        {
+            "messages": messages,
+            "page": 0,
+            "page_size": size,
+            "uri": request.path_qs,
+            "next_page_uri": None,
+        }
+    )
+
+
+def _day(text: str | None) -> date | None:
+    return None if text is None else date.fromisoformat(text)

@@ -1,12 +1,15 @@
-"""Store platforms that sign and send paid-order webhooks, each in its own wire format."""
+"""Store platforms that sign and send paid-order webhooks, each in its own wire format, and
+Zid's orders API, which answers for the orders its store has taken (the gateway confirms every
+Zid order there: Zid signs nothing)."""
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -47,6 +50,12 @@ class OrderRequest(BaseModel):
     lines: list[Line] | None = Field(default=None, min_length=1)
     customer: Customer | None = None
     order_id: str | None = Field(default=None, min_length=1, max_length=128)
+    # Zid only: an order taken but not paid yet (its API says so); posting it again with
+    # `paid` true pays it and sends the paid webhook
+    paid: bool = True
+    # false: the store takes the order (its API knows it) but sends no webhook, for a load
+    # generator that posts the webhook to the gateway itself
+    send: bool = True
 
 
 class CancelRequest(BaseModel):
@@ -57,6 +66,8 @@ class Storefront:
     def __init__(self) -> None:
         self.paid: dict[tuple[str, str], Webhook] = {}
         self.cancelled: dict[tuple[str, str], Webhook] = {}
+        self.unpaid: dict[tuple[str, str], Webhook] = {}
+        self.sales: dict[tuple[str, str], platforms.Sale] = {}  # what the store's API answers
         self._numbers = itertools.count(1)
 
     def new_order_id(self, platform: str = "standard") -> str:
@@ -75,9 +86,9 @@ async def gateway_client(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def _paid_order(
+def _sale(
     store: StoreConfig, order_id: str, lines: list[Line], customer: Customer
-) -> Webhook:
+) -> platforms.Sale:
     total = Decimal(0)
     sold = []
     for line in lines:
@@ -92,13 +103,12 @@ def _paid_order(
                 "price": str(price.quantize(Decimal("0.01"))),
             }
         )
-    sale = platforms.Sale(
+    return platforms.Sale(
         order_id=order_id,
         lines=sold,
         customer=customer.model_dump(),
         total=str(total.quantize(Decimal("0.01"))),
     )
-    return platforms.paid(store, sale)
 
 
 async def _deliver(request: web.Request, store: StoreConfig, webhook: Webhook) -> tuple[int, Any]:
@@ -144,15 +154,62 @@ async def send_order(request: web.Request) -> web.Response:
         order = OrderRequest.model_validate(await read_json(request))
     except ValueError as exc:
         return json_error(400, str(exc))
+    if not order.paid and store.platform != "zid":
+        return json_error(400, "only the Zid store takes unpaid orders")
     storefront = request.app[STOREFRONT]
     order_id = order.order_id or storefront.new_order_id(store.platform)
-    webhook = storefront.paid.get((store.id, order_id))
+    key = (store.id, order_id)
+    webhook = storefront.paid.get(key)
+    if webhook is not None and not order.paid:
+        return json_error(409, f"order {order_id!r} is paid already")
     if webhook is None:
-        if order.lines is None or order.customer is None:
-            return json_error(400, "a new order needs lines and customer")
-        webhook = _paid_order(store, order_id, order.lines, order.customer)
-        storefront.paid[(store.id, order_id)] = webhook
+        sale = storefront.sales.get(key)
+        if sale is None:
+            if order.lines is None or order.customer is None:
+                return json_error(400, "a new order needs lines and customer")
+            sale = storefront.sales[key] = _sale(store, order_id, order.lines, order.customer)
+            if not order.paid:
+                storefront.unpaid[key] = platforms.zid_unpaid(sale)
+        if order.paid:
+            storefront.unpaid.pop(key, None)
+            webhook = storefront.paid[key] = platforms.paid(store, sale)
+        else:
+            webhook = storefront.unpaid[key]
+    if not order.send:
+        return web.json_response({"order_id": order_id, "status": None, "gateway": None})
     return await _send(request, store, order_id, webhook)
+
+
+def _zid_store_for(stores: list[StoreConfig], headers: Mapping[str, str]) -> StoreConfig | None:
+    """The Zid store whose API credential the request carries (Zid: the manager token is the
+    store's; both headers are needed)."""
+    scheme, _, authorization = headers.get("Authorization", "").partition(" ")
+    offered = f"{authorization.strip()}:{headers.get('X-Manager-Token', '')}".encode()
+    if scheme.lower() != "bearer":
+        return None
+    for store in stores:
+        credential = (store.api_credential or "").encode()
+        if store.platform == "zid" and credential and hmac.compare_digest(offered, credential):
+            return store
+    return None
+
+
+@routes.get("/zid/v1/managers/store/orders/{order_id}/view")
+async def zid_order_view(request: web.Request) -> web.Response:
+    """Zid's `GET /managers/store/orders/{id}/view`: the order as the store has it now, paid or
+    not, cancelled or not. The error bodies are the sandbox's: Zid's are not documented."""
+    store = _zid_store_for(request.app[CONFIG].stores, request.headers)
+    if store is None:
+        return web.json_response({"message": "Unauthenticated."}, status=401)
+    storefront = request.app[STOREFRONT]
+    key = (store.id, request.match_info["order_id"])
+    sale = storefront.sales.get(key)
+    if sale is None:
+        return web.json_response({"message": "order not found"}, status=404)
+    view = platforms.zid_order_view(
+        sale, paid=key not in storefront.unpaid, cancelled=key in storefront.cancelled
+    )
+    return web.json_response(view)
 
 
 @routes.post("/stores/{store_id}/orders/{order_id}/cancel")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from deploy.sandbox import receipts
 from deploy.sandbox.config import CONFIG
@@ -72,6 +72,8 @@ class SendRequest(BaseModel):
     to: str
     type: str = "text"  # the Cloud API's own default
     template: Template | None = None
+    # echoed in status webhooks; the Cloud API refuses more than 512 characters
+    biz_opaque_callback_data: str | None = Field(default=None, max_length=512)
 
 
 @dataclass
@@ -198,9 +200,16 @@ async def send_message(request: web.Request) -> web.Response:
         wamid, phone_number_id, wa_id, send.template.name, send.template.language.code, now_iso()
     )
     request.app[INBOX].deliver("whatsapp", PARTY, "+" + wa_id, text, wamid)
-    if config.status_webhook_url:
+    verified = config.verify_token is None or request.app[receipts.SUBSCRIPTIONS].whatsapp_verified
+    if config.status_webhook_url and verified:
         receipts.whatsapp_status(
-            request, config.status_webhook_url, config.app_secret, phone_number_id, wamid, wa_id
+            request,
+            config.status_webhook_url,
+            config.app_secret,
+            phone_number_id,
+            wamid,
+            wa_id,
+            send.biz_opaque_callback_data,
         )
     return web.json_response(
         {

@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
+import prometheus_client
 import pydantic_core
 from pydantic import TypeAdapter
 
@@ -34,10 +35,17 @@ from shared.events import (
     OrderCancelled,
     OrderLine,
     OrderPaid,
+    Stock,
     event_id_for,
     utcnow,
 )
-from shared.kafka import RetriableError
+from shared.kafka import PermanentError, RetriableError
+
+ORDERS_REFUSED = prometheus_client.Counter(
+    "tasleem_allocator_orders_refused_total",
+    "Paid orders dead-lettered instead of allocated, by reason (alert on any)",
+    ["reason"],
+)
 
 
 @dataclass
@@ -45,8 +53,8 @@ class Applied:
     """What a handler did: events to relay once committed, and the stock it moved."""
 
     rows: list[outbox.OutboxRow] = field(default_factory=list)
-    sold: Counter[str] = field(default_factory=Counter)  # units that got a code, per sku
-    touched: set[str] = field(default_factory=set)  # skus whose level changed
+    sold: Counter[Stock] = field(default_factory=Counter)  # units that got a code, per stock
+    touched: set[Stock] = field(default_factory=set)  # stocks whose level changed
 
     def merge(self, other: Applied) -> Applied:
         self.rows.extend(other.rows)
@@ -67,20 +75,67 @@ async def claim_new(conn: DbConn, events: Sequence[Event]) -> set[str]:
     return {r["event_id"] for r in rows}
 
 
+def units_of(order: OrderPaid) -> int:
+    return sum(line.quantity for line in order.lines)
+
+
+def within_limit(
+    batch: Sequence[OrderPaid], max_units: int
+) -> tuple[list[OrderPaid], list[OrderPaid]]:
+    """The orders the allocator takes, and those over its hard limit of units per order.
+
+    The gateway caps orders per store; this is the allocator's own defence: one signed order
+    of 2,000,000 units once wrote as many backorder rows and held every other store's orders
+    up for 20 s. Such an order goes to the dead-letter topic for a human, whole."""
+    kept: list[OrderPaid] = []
+    refused: list[OrderPaid] = []
+    for order in batch:
+        (refused if units_of(order) > max_units else kept).append(order)
+    return kept, refused
+
+
+def refusal(order: OrderPaid, max_units: int) -> PermanentError:
+    return PermanentError(
+        f"order {order.order_key} has {units_of(order)} units, over the allocator's limit of "
+        f"{max_units} per order: not allocated"
+    )
+
+
+def chunks(batch: Sequence[OrderPaid], max_units: int) -> Iterator[list[OrderPaid]]:
+    """The batch in runs of at most `max_units` units (a run holds at least one order), each
+    allocated in its own transaction: however large the orders of a batch, no transaction
+    holds its locks, or the batch behind it, for longer than `max_units` units take."""
+    run: list[OrderPaid] = []
+    units = 0
+    for order in batch:
+        n = units_of(order)
+        if run and units + n > max_units:
+            yield run
+            run, units = [], 0
+        run.append(order)
+        units += n
+    if run:
+        yield run
+
+
 async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
-    """Allocate a batch of paid orders: claim codes for all its skus at once, write the units
-    with their codes, and queue what is short behind older backorders (first in, first out).
+    """Allocate a batch of paid orders: claim codes for all its stocks at once, write the
+    units with their codes, and queue what is short behind older backorders (first in, first
+    out). Every unit draws only on its order's account (`OrderPaid.stock_account`).
 
     An order already in `orders` (a redelivery, or a duplicate with another event id) or
-    already cancelled is skipped: the order key is the event's identity."""
+    already cancelled by its own account is skipped: the order key is the event's identity."""
     orders = _unique_by_key(batch)
     seen = await conn.fetch(
         """
         SELECT order_key FROM orders WHERE order_key = ANY($1::text[])
         UNION ALL
-        SELECT order_key FROM cancellations WHERE order_key = ANY($1::text[])
+        SELECT c.order_key FROM cancellations c
+        JOIN unnest($1::text[], $2::text[]) AS t(k, a)
+          ON c.order_key = t.k AND (c.account IS NULL OR c.account = t.a)
         """,
         [o.order_key for o in orders],
+        [o.stock_account for o in orders],
     )
     if seen:
         known = {r["order_key"] for r in seen}
@@ -88,20 +143,24 @@ async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
     if not orders:
         return Applied()
     wanted = [
-        (o.order_key, line_no, unit_no, line.sku)
+        (o.order_key, Stock(o.stock_account, line.sku), line_no, unit_no)
         for o in orders
         for line_no, line in enumerate(o.lines)
         for unit_no in range(line.quantity)
     ]
-    skus = {sku for *_, sku in wanted}
-    behind = await vault.skus_with_backorders(conn, skus)
-    codes = await vault.claim_codes(conn, Counter(s for *_, s in wanted if s not in behind))
-    supply = {sku: iter(found) for sku, found in codes.items()}
+    stocks = {stock for _, stock, *_ in wanted}
+    behind = await vault.stocks_with_backorders(conn, stocks)
+    codes = await vault.claim_codes(conn, Counter(s for _, s, *_ in wanted if s not in behind))
+    supply = {stock: iter(found) for stock, found in codes.items()}
     nothing: Iterator[vault.Claimed] = iter(())
     by_order: dict[str, list[vault.UnitRow]] = defaultdict(list)
-    for key, line_no, unit_no, sku in wanted:
-        code = next(supply.get(sku, nothing), None)
-        by_order[key].append(vault.UnitRow(key, line_no, unit_no, sku, code, 1 if code else None))
+    for key, stock, line_no, unit_no in wanted:
+        code = next(supply.get(stock, nothing), None)
+        by_order[key].append(
+            vault.UnitRow(
+                key, stock.account, line_no, unit_no, stock.sku, code, 1 if code else None
+            )
+        )
     served = {key for key, units in by_order.items() if any(u.code for u in units)}
     try:
         await _insert_orders(conn, orders, served)
@@ -116,8 +175,8 @@ async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
         _allocated(o, by_order[o.order_key], now) for o in orders if o.order_key in served
     ]
     applied = Applied(
-        sold=Counter(u.sku for units in by_order.values() for u in units if u.code),
-        touched=skus,
+        sold=Counter(u.stock for units in by_order.values() for u in units if u.code),
+        touched=stocks,
     )
     if behind:
         backlog_events, backlog = await fill_backorders(conn, behind)
@@ -136,6 +195,7 @@ async def _insert_orders(conn: DbConn, orders: Sequence[OrderPaid], served: set[
         records=[
             (
                 o.order_key,
+                o.stock_account,
                 o.store_id,
                 o.store_name,
                 o.order_id,
@@ -151,7 +211,7 @@ async def _insert_orders(conn: DbConn, orders: Sequence[OrderPaid], served: set[
 
 _LINES = TypeAdapter(list[OrderLine])
 _ORDER_COLUMNS = (
-    *("order_key", "store_id", "store_name", "order_id"),
+    *("order_key", "account", "store_id", "store_name", "order_id"),
     *("customer", "lines", "paid_at", "parts"),
 )
 
@@ -206,20 +266,23 @@ def _code(unit: vault.UnitRow) -> AllocatedCode:
 async def receive_codes(
     batch: Sequence[CodesPurchased], conn: DbConn, cipher: CodeCipher
 ) -> Applied:
-    """Store codes bought by the restocker (deduplicated) and fill backorders with them."""
+    """Store codes bought by the restocker (deduplicated) into the account they were bought
+    for, and fill that account's backorders with them. A purchase that names no account
+    (published before accounts) is held in ':legacy' for an operator to hand over."""
     new_ids = await claim_new(conn, batch)
-    skus = set()
+    stocks = set()
     for event in batch:
         if event.event_id not in new_ids:
             continue
+        stock = Stock(event.account or vault.LEGACY_ACCOUNT, event.sku)
         cost = Decimal(event.unit_cost) if event.unit_cost else None
         codes = [
             replace(code, expires_at=event.expires_at, cost=cost, batch=event.reference)
             for code in vault.fingerprint_sealed(cipher, event.sku, event.codes)
         ]
-        await vault.store_codes(conn, event.sku, codes, source=event.supplier)
-        skus.add(event.sku)
-    return await distribute(conn, skus)
+        await vault.store_codes(conn, stock, codes, source=event.supplier)
+        stocks.add(stock)
+    return await distribute(conn, stocks)
 
 
 async def cancel(batch: Sequence[OrderCancelled], conn: DbConn) -> Applied:
@@ -230,28 +293,41 @@ async def cancel(batch: Sequence[OrderCancelled], conn: DbConn) -> Applied:
     if not cancels:
         return Applied()
     keys = sorted(cancels)
+    accounts = [cancels[k].stock_account for k in keys]
     await conn.execute(
         """
-        INSERT INTO cancellations (order_key, reason, cancelled_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+        INSERT INTO cancellations (order_key, reason, cancelled_at, account)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
         ON CONFLICT DO NOTHING
         """,
         keys,
         [cancels[k].reason for k in keys],
         [cancels[k].cancelled_at for k in keys],
+        accounts,
     )
-    await conn.execute(
-        "UPDATE orders SET cancelled_at = now() WHERE order_key = ANY($1::text[])", keys
+    # only orders of the cancelling account: another account's order under the same key is
+    # not its to withdraw
+    rows = await conn.fetch(
+        """
+        UPDATE orders SET cancelled_at = now()
+        FROM unnest($1::text[], $2::text[]) AS t(k, a)
+        WHERE orders.order_key = t.k AND orders.account = t.a
+        RETURNING orders.order_key
+        """,
+        keys,
+        accounts,
     )
+    keys = sorted(r["order_key"] for r in rows)
     dropped = await conn.fetch(
-        "DELETE FROM units WHERE order_key = ANY($1::text[]) AND code_id IS NULL RETURNING sku",
+        "DELETE FROM units WHERE order_key = ANY($1::text[]) AND code_id IS NULL "
+        "RETURNING account, sku",
         keys,
     )
     withdrawn = await conn.fetch(
         """
         UPDATE units SET revoked_at = now()
         WHERE order_key = ANY($1::text[]) AND code_id IS NOT NULL AND revoked_at IS NULL
-        RETURNING order_key, code_id, part, sku, delivered_at
+        RETURNING order_key, code_id, part, account, sku, delivered_at
         """,
         keys,
     )
@@ -273,8 +349,8 @@ async def cancel(batch: Sequence[OrderCancelled], conn: DbConn) -> Applied:
         )
         for key, rows in undelivered.items()
     ]
-    skus = {r["sku"] for r in dropped} | {r["sku"] for r in withdrawn}
-    return Applied(rows=await outbox.write(conn, events), touched=skus)
+    stocks = {Stock(r["account"], r["sku"]) for r in (*dropped, *withdrawn)}
+    return Applied(rows=await outbox.write(conn, events), touched=stocks)
 
 
 async def mark_delivered(batch: Sequence[MessageSent], conn: DbConn) -> Applied:
@@ -292,34 +368,44 @@ async def mark_delivered(batch: Sequence[MessageSent], conn: DbConn) -> Applied:
     return Applied()
 
 
-async def distribute(conn: DbConn, skus: Iterable[str], report_levels: bool = False) -> Applied:
-    """Fill backorders of `skus` after stock arrived; with `report_levels`, also write each
-    sku's `inventory.level` to the outbox (for writers outside the allocator process, which
+async def distribute(conn: DbConn, stocks: Iterable[Stock], report_levels: bool = False) -> Applied:
+    """Fill backorders of `stocks` after stock arrived; with `report_levels`, also write each
+    stock's `inventory.level` to the outbox (for writers outside the allocator process, which
     have no level reporter)."""
-    skus = set(skus)
-    events, applied = await fill_backorders(conn, skus)
-    applied.touched |= skus
+    stocks = set(stocks)
+    events, applied = await fill_backorders(conn, stocks)
+    applied.touched |= stocks
     if report_levels:
         now = utcnow()
-        for level in await vault.stock_levels(conn, sorted(skus)):
-            events.append(
-                InventoryLevel(
-                    event_id=event_id_for("inventory.level", level.sku, now.isoformat()),
-                    sku=level.sku,
-                    available=level.available,
-                    backordered=level.backordered,
-                    sold_since_last=applied.sold[level.sku],
-                    received_total=level.received_total,
-                    at=now,
-                )
-            )
+        for level in await vault.stock_levels(conn, reportable(stocks)):
+            events.append(level_event(level, applied.sold[level.stock], now))
     applied.rows = await outbox.write(conn, events)
     return applied
 
 
-async def fill_backorders(conn: DbConn, skus: Iterable[str]) -> tuple[list[Event], Applied]:
+def reportable(stocks: Iterable[Stock]) -> list[Stock]:
+    """Stocks whose level is published: not those held outside every store (':legacy')."""
+    return sorted(s for s in stocks if not s.account.startswith(":"))
+
+
+def level_event(level: vault.StockLevel, sold: int, now: datetime) -> InventoryLevel:
+    account, sku = level.stock
+    return InventoryLevel(
+        event_id=event_id_for("inventory.level", account, sku, now.isoformat()),
+        account=account,
+        sku=sku,
+        available=level.available,
+        backordered=level.backordered,
+        sold_since_last=sold,
+        received_total=level.received_total,
+        at=now,
+    )
+
+
+async def fill_backorders(conn: DbConn, stocks: Iterable[Stock]) -> tuple[list[Event], Applied]:
     """Give waiting units their codes, oldest first; one new part per order served."""
-    filled = await vault.fill_waiting(conn, skus)
+    stocks = set(stocks)
+    filled = await vault.fill_waiting(conn, stocks)
     if not filled:
         return [], Applied()
     by_order: dict[str, list[vault.UnitRow]] = defaultdict(list)
@@ -367,7 +453,7 @@ async def fill_backorders(conn: DbConn, skus: Iterable[str]) -> tuple[list[Event
                 allocated_at=now,
             )
         )
-    return events, Applied(sold=Counter(u.sku for u in filled), touched=set(skus))
+    return events, Applied(sold=Counter(u.stock for u in filled), touched=set(stocks))
 
 
 def _unique_by_key(events: Iterable[OrderPaid]) -> list[OrderPaid]:

@@ -1,4 +1,8 @@
-"""Reading a stock file: one code per line, CSV with columns, or JSON.
+"""Reading a stock file: one code per line, CSV with columns, or JSON, as a stream.
+
+A file is read line by line (JSON item by item) and yields its codes and its problems in file
+order, so an import's memory does not grow with the file: a line longer than any stock line
+can be is skipped without being held, and the caller stores codes in batches.
 
 Every problem is reported with its line (or JSON item) number and never with the code itself,
 because an import report is shown, logged and mailed around.
@@ -8,15 +12,25 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import IO, Any, Literal
+
+import ijson
+import re2
 
 Format = Literal["auto", "lines", "csv", "json"]
+FORMATS = ("auto", "lines", "csv", "json")
 MAX_CODE_LENGTH = 256
+MAX_LINE = 4096  # characters: a CSV line with every column is far shorter
+MAX_PATTERN = 1000
+# numeric(12, 2) in the vault: what a cost can be
+MAX_COST = Decimal("9999999999.99")
+# C0/C1 controls, zero-width and bidi marks: never part of a code, a batch label or a sku
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
 @dataclass(frozen=True)
@@ -30,24 +44,58 @@ class StockLine:
     batch: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Problem:
     line: int
     reason: str
 
 
-@dataclass
-class ParsedFile:
-    lines: list[StockLine] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
+Item = StockLine | Problem
 
 
 class UnreadableFile(ValueError):
     """The file as a whole cannot be read in the format asked for."""
 
 
-def detect(text: str) -> Format:
-    stripped = text.lstrip()
+class BadRule(ValueError):
+    """A format rule that is not a regular expression the linear-time engine accepts."""
+
+
+def compile_rule(pattern: str) -> re2._Regexp:
+    """A sku's format rule, compiled by RE2: matching takes time linear in the code, whatever
+    the pattern (a backtracking engine froze on `(a|a)*`)."""
+    if len(pattern) > MAX_PATTERN:
+        raise BadRule(f"a format rule is at most {MAX_PATTERN} characters")
+    if CONTROL.search(pattern):
+        raise BadRule("a format rule has no control characters")
+    try:
+        return re2.compile(pattern, options=_QUIET)
+    except re2.error as exc:
+        why = exc.args[0] if exc.args else ""
+        why = why.decode(errors="replace") if isinstance(why, bytes) else str(why)
+        raise BadRule(f"not a regular expression RE2 accepts: {why}") from None
+
+
+_QUIET = re2.Options()
+_QUIET.log_errors = False  # a bad rule is answered to its author, not written to stderr
+
+
+def cost_of(value: object) -> Decimal | None:
+    """A unit cost as the vault stores it (numeric(12, 2)); ValueError when it cannot be one."""
+    if value in (None, ""):
+        return None
+    try:
+        cost = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError("not a decimal") from None
+    if not cost.is_finite() or not Decimal(0) <= cost <= MAX_COST:
+        raise ValueError(f"a cost is between 0 and {MAX_COST}")
+    return cost.quantize(Decimal("0.01"))
+
+
+def detect(head: str) -> Format:
+    """The format of a file from its first bytes."""
+    stripped = head.lstrip("\ufeff \t\r\n")
     if stripped.startswith(("[", "{")):
         return "json"
     first = stripped.splitlines()[0].lower() if stripped else ""
@@ -56,92 +104,146 @@ def detect(text: str) -> Format:
     return "lines"
 
 
-def parse(text: str, fmt: Format = "auto", pattern: str | None = None) -> ParsedFile:
-    """Codes and problems of a stock file; `pattern` is the sku's format rule, if any."""
-    fmt = detect(text) if fmt == "auto" else fmt
-    reader = {"lines": _lines, "csv": _csv, "json": _json}[fmt]
-    parsed = reader(text)
-    rule = re.compile(pattern) if pattern else None
-    kept = []
-    for item in parsed.lines:
-        if not item.code:
-            parsed.problems.append(Problem(item.line, "empty code"))
-        elif len(item.code) > MAX_CODE_LENGTH:
-            parsed.problems.append(Problem(item.line, f"code longer than {MAX_CODE_LENGTH}"))
-        elif rule is not None and not rule.fullmatch(item.code):
-            parsed.problems.append(Problem(item.line, "code does not match the sku's format"))
-        else:
-            kept.append(item)
-    parsed.lines = kept
-    parsed.problems.sort(key=lambda p: p.line)
-    return parsed
-
-
-def _lines(text: str) -> ParsedFile:
-    parsed = ParsedFile()
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if raw.strip():
-            parsed.lines.append(StockLine(number, raw.strip()))
-        else:
-            parsed.problems.append(Problem(number, "empty line"))
-    # trailing blank lines are formatting, not mistakes
-    while parsed.problems and parsed.problems[-1].line > (
-        parsed.lines[-1].line if parsed.lines else 0
-    ):
-        parsed.problems.pop()
-    return parsed
-
-
-def _csv(text: str) -> ParsedFile:
-    parsed = ParsedFile()
-    rows = csv.DictReader(io.StringIO(text))
-    fields = [f.strip().lower() for f in rows.fieldnames or []]
-    if "code" not in fields:
-        raise UnreadableFile("a CSV stock file needs a header row with a 'code' column")
-    rows.fieldnames = fields
-    for row in rows:
-        number = rows.line_num
-        _add(parsed, number, row)
-    return parsed
-
-
-def _json(text: str) -> ParsedFile:
-    parsed = ParsedFile()
+def read(source: IO[bytes], fmt: Format = "auto", pattern: str | None = None) -> Iterator[Item]:
+    """Codes and problems of a stock file (a seekable binary file), in file order; `pattern`
+    is the sku's format rule, if any. Raises UnreadableFile, possibly after some items."""
+    if fmt == "auto":
+        fmt = detect(source.read(MAX_LINE).decode("utf-8", errors="replace"))
+        source.seek(0)
+    rule = compile_rule(pattern) if pattern else None
+    if fmt == "json":
+        items = _json(source)
+    else:
+        text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
+        items = _csv(text) if fmt == "csv" else _lines(text)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UnreadableFile(f"not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    if isinstance(data, dict):
-        data = data.get("codes")
-    if not isinstance(data, list):
-        raise UnreadableFile("JSON stock must be a list, or an object with a 'codes' list")
-    for number, item in enumerate(data, start=1):
-        if isinstance(item, str):
-            parsed.lines.append(StockLine(number, item.strip()))
-        elif isinstance(item, dict):
-            _add(parsed, number, item)
+        yield from checked(items, rule)
+    except UnicodeDecodeError:
+        raise UnreadableFile("the file must be UTF-8 text") from None
+
+
+def from_codes(codes: Iterable[str]) -> Iterator[Item]:
+    """A list of codes, one per entry, as if each were a line of a file."""
+    return checked((StockLine(n, c.strip()) for n, c in enumerate(codes, start=1)), None)
+
+
+def checked(items: Iterable[Item], rule: re2._Regexp | None) -> Iterator[Item]:
+    for item in items:
+        if isinstance(item, Problem):
+            yield item
+        elif not item.code:
+            yield Problem(item.line, "empty code")
+        elif len(item.code) > MAX_CODE_LENGTH:
+            yield Problem(item.line, f"code longer than {MAX_CODE_LENGTH}")
+        elif CONTROL.search(item.code) or CONTROL.search(item.batch):
+            yield Problem(item.line, "control characters")
+        elif rule is not None and not rule.fullmatch(item.code):
+            yield Problem(item.line, "code does not match the sku's format")
         else:
-            parsed.problems.append(Problem(number, "item is neither a code nor an object"))
-    return parsed
+            yield item
 
 
-def _add(parsed: ParsedFile, number: int, row: dict[str, Any]) -> None:
+def _bounded_lines(text: IO[str]) -> Iterator[str | None]:
+    """The file's lines, None for one longer than MAX_LINE (its rest is skipped unread)."""
+    while line := text.readline(MAX_LINE):
+        if line.endswith(("\n", "\r")) or len(line) < MAX_LINE:
+            yield line
+            continue
+        while (rest := text.readline(MAX_LINE)) and not rest.endswith(("\n", "\r")):
+            pass
+        yield None
+
+
+def _lines(text: IO[str]) -> Iterator[Item]:
+    blank_from, blanks = 0, 0  # a run of blank lines: a mistake only if a code follows
+    for number, raw in enumerate(_bounded_lines(text), start=1):
+        if raw is not None and not raw.strip():
+            blank_from, blanks = (blank_from or number), blanks + 1
+            continue
+        yield from (Problem(n, "empty line") for n in range(blank_from, blank_from + blanks))
+        blank_from, blanks = 0, 0
+        yield Problem(number, "line too long") if raw is None else StockLine(number, raw.strip())
+
+
+def _csv(text: IO[str]) -> Iterator[Item]:
+    too_long: list[int] = []
+
+    def source() -> Iterator[str]:
+        for number, raw in enumerate(_bounded_lines(text), start=1):
+            if raw is None:
+                too_long.append(number)
+                yield "\n"
+            else:
+                yield raw
+
+    rows = csv.reader(source())
+    try:
+        header = next(rows, None)
+    except csv.Error:
+        header = None
+    fields = [f.strip().lower() for f in header or []]
+    if "code" not in fields or too_long:
+        raise UnreadableFile("a CSV stock file needs a header row with a 'code' column")
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error:
+            yield Problem(rows.line_num, "malformed CSV")
+            continue
+        for number in too_long:
+            yield Problem(number, "line too long")
+        too_long.clear()
+        if row:
+            yield _item(rows.line_num, dict(zip(fields, row, strict=False)))
+
+
+def _json(source: IO[bytes]) -> Iterator[Item]:
+    head = source.read(MAX_LINE).lstrip(b"\xef\xbb\xbf \t\r\n")
+    source.seek(0)
+    parent = "codes" if head.startswith(b"{") else ""
+    found = False
+
+    def events() -> Iterator[tuple[str, str, Any]]:
+        nonlocal found
+        for prefix, event, value in ijson.parse(source):
+            if prefix == parent and event == "start_array":
+                found = True
+            yield prefix, event, value
+
+    number = 0
+    try:
+        for number, item in enumerate(ijson.items(events(), f"{parent}.item".lstrip(".")), 1):
+            if isinstance(item, str):
+                yield StockLine(number, item.strip())
+            elif isinstance(item, dict):
+                yield _item(number, item)
+            else:
+                yield Problem(number, "item is neither a code nor an object")
+    except ijson.JSONError:
+        # the parser's message quotes the text around the error, which may be a code
+        raise UnreadableFile(f"not valid JSON after item {number}") from None
+    if not found:
+        raise UnreadableFile("JSON stock must be a list, or an object with a 'codes' list")
+
+
+def _item(number: int, row: dict[str, Any]) -> Item:
     code = str(row.get("code") or "").strip()
     try:
         expires = _when(row.get("expires_at") or row.get("expires"))
-        cost = Decimal(str(row["cost"])) if row.get("cost") not in (None, "") else None
-    except (ValueError, InvalidOperation) as exc:
-        parsed.problems.append(Problem(number, f"bad expiry or cost: {type(exc).__name__}"))
-        return
-    batch = str(row.get("batch") or row.get("supplier") or "").strip()
-    parsed.lines.append(StockLine(number, code, expires, cost, batch))
+        cost = cost_of(row.get("cost"))
+    except (ValueError, OverflowError) as exc:
+        return Problem(number, f"bad expiry or cost: {type(exc).__name__}")
+    batch = str(row.get("batch") or row.get("supplier") or "").strip()[:200]
+    return StockLine(number, code, expires, cost, batch)
 
 
 def _when(value: object) -> datetime | None:
     """An expiry: a date means "valid through that day" (UTC); a time without zone is UTC."""
     if value in (None, ""):
         return None
-    text = str(value).strip()
+    text = str(value).strip()[:64]
     if len(text) == 10:
         return datetime.combine(date.fromisoformat(text) + timedelta(days=1), time(), UTC)
     moment = datetime.fromisoformat(text)

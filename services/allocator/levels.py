@@ -1,4 +1,4 @@
-"""`inventory.level` per sku, coalesced and off the allocation path.
+"""`inventory.level` per stock (an account's sku), coalesced and off the allocation path.
 
 Counting a sku's available codes costs more than allocating a batch, so the allocation
 transaction only notes which skus moved; this reporter counts them at most once per interval
@@ -18,8 +18,8 @@ from collections import Counter
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from services.allocator import vault
-from shared.events import InventoryLevel, event_id_for, utcnow
+from services.allocator import handlers, vault
+from shared.events import Stock, utcnow
 from shared.kafka import publish
 
 log = logging.getLogger(__name__)
@@ -40,53 +40,45 @@ class LevelReporter:
         self.interval_s = interval_s
         self.refresh_s = refresh_s
         self.service = service
-        self._sold: Counter[str] = Counter()
-        self._touched: set[str] = set()
+        self._sold: Counter[Stock] = Counter()
+        self._touched: set[Stock] = set()
         self._stopping = asyncio.Event()
 
-    def record(self, touched: set[str], sold: Counter[str]) -> None:
-        """Note skus whose stock moved (after their transaction committed)."""
+    def record(self, touched: set[Stock], sold: Counter[Stock]) -> None:
+        """Note stocks that moved (after their transaction committed)."""
         self._touched |= touched
         self._sold.update(sold)
 
-    async def report(self, skus: set[str]) -> None:
-        if not skus:
+    async def report(self, stocks: set[Stock]) -> None:
+        wanted = handlers.reportable(stocks)
+        if not wanted:
             return
         async with self.pool.acquire() as conn:
-            levels = await vault.stock_levels(conn, sorted(skus))
+            levels = await vault.stock_levels(conn, wanted)
         now = utcnow()
         events = [
-            InventoryLevel(
-                event_id=event_id_for("inventory.level", level.sku, now.isoformat()),
-                sku=level.sku,
-                available=level.available,
-                backordered=level.backordered,
-                sold_since_last=self._sold.pop(level.sku, 0),
-                received_total=level.received_total,
-                at=now,
-            )
-            for level in levels
+            handlers.level_event(level, self._sold.pop(level.stock, 0), now) for level in levels
         ]
         await publish(self.producer, events, self.service)
 
     async def run(self) -> None:
         next_refresh = time.monotonic()
         while not self._stopping.is_set():
-            skus, self._touched = self._touched, set()
+            stocks, self._touched = self._touched, set()
             try:
                 if time.monotonic() >= next_refresh:
-                    skus |= await self._all_skus()
+                    stocks |= await self._all_stocks()
                     next_refresh = time.monotonic() + self.refresh_s
-                await self.report(skus)
+                await self.report(stocks)
             except Exception as exc:  # the database or broker is away: try again next time
-                self._touched |= skus
+                self._touched |= stocks
                 log.warning("inventory levels not reported, will retry: %r", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval_s)
 
-    async def _all_skus(self) -> set[str]:
-        rows = await self.pool.fetch("SELECT sku FROM sku_totals")
-        return {r["sku"] for r in rows}
+    async def _all_stocks(self) -> set[Stock]:
+        rows = await self.pool.fetch("SELECT account, sku FROM sku_totals")
+        return {Stock(r["account"], r["sku"]) for r in rows}
 
     def stop(self) -> None:
         self._stopping.set()

@@ -75,11 +75,34 @@ def transactional(
     return handle
 
 
+def paid_orders(
+    pool: asyncpg.Pool, relay: Relay, levels: LevelReporter, settings: AllocatorSettings
+) -> Callable[[list[OrderPaid]], Awaitable[None]]:
+    """The order.paid handler: orders over the hard unit limit are refused (dead-lettered by
+    the consumer loop, with the reason), the rest allocated in transactions of bounded size."""
+    allocate = transactional(pool, relay, levels, handlers.allocate)
+
+    async def handle(batch: Sequence[OrderPaid]) -> None:
+        kept, refused = handlers.within_limit(batch, settings.max_units_per_order)
+        for run in handlers.chunks(kept, settings.max_units_per_transaction):
+            await allocate(run)
+        if refused:
+            # The loop then handles the batch again message by message (the orders kept are
+            # found allocated and skipped) and dead-letters the refused one: counted there,
+            # once, when it is alone.
+            if len(batch) == 1:
+                handlers.ORDERS_REFUSED.labels("too_many_units").inc()
+            raise handlers.refusal(refused[0], settings.max_units_per_order)
+
+    return handle
+
+
 def init_series(consumed: Iterable[str]) -> None:
     """Each topic's consumer and publisher series at zero from the start, so a `rate()` of
     dead letters or retries has a series before the first one."""
     metrics.init_consumer_series(SERVICE, consumed)
     metrics.init_published_series(SERVICE, PUBLISHED)
+    handlers.ORDERS_REFUSED.labels("too_many_units")
 
 
 @contextlib.asynccontextmanager
@@ -112,7 +135,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
             producer=producer,
             retriable=RETRIABLE_DB_ERRORS,
             handlers={
-                OrderPaid.topic: transactional(pool, relay, levels, handlers.allocate),
+                OrderPaid.topic: paid_orders(pool, relay, levels, settings),
                 CodesPurchased.topic: transactional(pool, relay, levels, received),
                 OrderCancelled.topic: transactional(pool, relay, levels, handlers.cancel),
                 MessageSent.topic: transactional(pool, relay, levels, handlers.mark_delivered),
@@ -123,8 +146,12 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         rt.app[admin.CIPHER] = cipher
         rt.app[admin.RELAY] = relay
         rt.app[admin.LEVELS] = levels
+        rt.app[admin.MAX_IMPORT] = settings.max_import_bytes
         rt.add_worker("inventory-levels", levels.run, levels.stop)
-        rt.app.middlewares.append(admin_guard(settings.allocator_admin_token.get_secret_value()))
+        rt.app.middlewares.append(
+            admin_guard(SERVICE, settings.allocator_admin_tokens.get_secret_value())
+        )
+        rt.app.middlewares.append(admin.bad_input)  # after the guard: only for the authorised
         rt.app.add_routes(admin.routes())
         rt.add_worker("consumer", loop.run, loop.stop)
         rt.add_worker("outbox-relay", relay.run, relay.stop)

@@ -16,7 +16,14 @@ class AllocatorSettings(ServiceSettings, VaultKeySettings):
     # inventory.level is published at most this often per sku, and for every sku this often
     level_interval_s: float = 0.5
     level_refresh_s: float = 30.0
-    # bearer token for /admin/ (stock imports, levels, orders); unset = admin API refused
-    allocator_admin_token: SecretStr = SecretStr("")
-    # stock files are posted whole to the admin API
+    # /admin/ (stock imports, levels, orders): `caller:role:sha256` entries, one per caller's
+    # token (shared/admin_auth.py; `tasleem admin token` makes one); none = admin API refused
+    allocator_admin_tokens: SecretStr = SecretStr("")
+    # stock files are streamed to the admin API, up to this size
     max_import_bytes: int = 64 * 1024 * 1024
+    # the allocator's own hard limit on one order (the gateway caps orders per store, lower):
+    # an order over it is dead-lettered for a human, not allocated
+    max_units_per_order: int = 1000
+    # units allocated per transaction: a batch of large orders is split, so no transaction
+    # (and no other store's order behind it) waits on more than this
+    max_units_per_transaction: int = 20_000

@@ -1,4 +1,7 @@
-"""What an operator reads about stock and orders. Codes are shown masked, never whole."""
+"""What an operator reads about stock and orders. Codes are shown masked, never whole.
+
+Every read names the account: one account's stock and orders are invisible in another's view.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ class SkuStock:
 
 
 async def stock_report(
-    conn: DbConn, expiring_days: int = 7, sku: str | None = None
+    conn: DbConn, account: str, expiring_days: int = 7, sku: str | None = None
 ) -> list[SkuStock]:
     rows = await conn.fetch(
         """
@@ -34,14 +37,14 @@ async def stock_report(
                                AND expires_at <= now() + make_interval(days => $1)) AS expiring,
               count(*) FILTER (WHERE status = 'available' AND expires_at <= now()) AS expired,
               count(*) FILTER (WHERE status = 'revoked') AS quarantined
-            FROM codes WHERE $2::text IS NULL OR sku = $2 GROUP BY sku
+            FROM codes WHERE account = $3 AND ($2::text IS NULL OR sku = $2) GROUP BY sku
         ), u AS (
             SELECT sku,
               count(*) FILTER (WHERE code_id IS NOT NULL AND delivered_at IS NULL
                                AND revoked_at IS NULL) AS reserved,
               count(*) FILTER (WHERE delivered_at IS NOT NULL AND revoked_at IS NULL) AS sold,
               count(*) FILTER (WHERE code_id IS NULL) AS backordered
-            FROM units WHERE $2::text IS NULL OR sku = $2 GROUP BY sku
+            FROM units WHERE account = $3 AND ($2::text IS NULL OR sku = $2) GROUP BY sku
         )
         SELECT coalesce(c.sku, u.sku) AS sku,
                coalesce(available, 0) AS available, coalesce(reserved, 0) AS reserved,
@@ -52,6 +55,7 @@ async def stock_report(
         """,
         expiring_days,
         sku,
+        account,
     )
     return [
         SkuStock(
@@ -74,12 +78,14 @@ def mask(code: str) -> str:
 
 
 async def order_allocation(
-    conn: DbConn, cipher: CodeCipher, order_key: str
+    conn: DbConn, cipher: CodeCipher, account: str, order_key: str
 ) -> dict[str, Any] | None:
+    """The order's units and their codes, masked; None when the account has no such order."""
     order = await conn.fetchrow(
-        "SELECT order_key, store_id, order_id, paid_at, parts, cancelled_at FROM orders "
-        "WHERE order_key = $1",
+        "SELECT order_key, account, store_id, order_id, paid_at, parts, cancelled_at "
+        "FROM orders WHERE order_key = $1 AND account = $2",
         order_key,
+        account,
     )
     if order is None:
         return None
@@ -92,7 +98,10 @@ async def order_allocation(
         order_key,
     )
     return {
-        **{k: order[k] for k in ("order_key", "store_id", "order_id", "paid_at", "parts")},
+        **{
+            k: order[k]
+            for k in ("order_key", "account", "store_id", "order_id", "paid_at", "parts")
+        },
         "cancelled_at": order["cancelled_at"],
         "units": [
             {

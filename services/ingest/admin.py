@@ -16,6 +16,8 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, Field, ValidationError
 
 from services.ingest import store_changes
+from services.ingest.errors import StoreMisconfigured
+from services.ingest.fields import valid_store_id
 from services.ingest.stores import remove_store, upsert_store
 from services.ingest.views import PRODUCER, REGISTRY, SETTINGS
 from shared.events import validation_summary
@@ -36,7 +38,7 @@ def _error(status: int, code: str, detail: str) -> web.Response:
 async def _body(request: web.Request) -> Any:
     try:
         return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise web.HTTPBadRequest(
             text=json.dumps({"error": "malformed_json", "detail": "body is not valid JSON"}),
             content_type="application/json",
@@ -49,9 +51,24 @@ async def list_stores(request: web.Request) -> web.Response:
     return web.json_response({"stores": [store_changes.shown(s) for s in stores]})
 
 
+async def _stored(request: web.Request) -> store_changes.Store | None:
+    """The store the path names, or None; an id no store can have is not looked up (a NUL
+    in it was a PostgreSQL error, answered with a 500)."""
+    store_id = request.match_info["store_id"]
+    if not valid_store_id(store_id):
+        return None
+    try:
+        return await request.app[REGISTRY].fresh(store_id)
+    except StoreMisconfigured as exc:  # sealed under a key we lack, or copied from another row
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": exc.code, "detail": exc.detail + ": remove and add it"}),
+            content_type="application/json",
+        ) from None
+
+
 @routes.get("/admin/stores/{store_id}")
 async def get_store(request: web.Request) -> web.Response:
-    store = await request.app[REGISTRY].fresh(request.match_info["store_id"])
+    store = await _stored(request)
     if store is None:
         return _error(404, "unknown_store", "no store with this id")
     return web.json_response(store_changes.shown(store))
@@ -63,7 +80,7 @@ async def put_store(request: web.Request) -> web.Response:
     store_id = request.match_info["store_id"]
     try:
         change = store_changes.StoreChange.model_validate(await _body(request))
-        store = store_changes.apply(store_id, await request.app[REGISTRY].fresh(store_id), change)
+        store = store_changes.apply(store_id, await _stored(request), change)
     except ValidationError as exc:
         return _error(422, "invalid_store", validation_summary(exc))
     except store_changes.InvalidChange as exc:
@@ -74,7 +91,7 @@ async def put_store(request: web.Request) -> web.Response:
 @routes.post("/admin/stores/{store_id}/rotate-secret")
 async def rotate_secret(request: web.Request) -> web.Response:
     """The new secret becomes the first; the previous first is still accepted until the next."""
-    store = await request.app[REGISTRY].fresh(request.match_info["store_id"])
+    store = await _stored(request)
     if store is None:
         return _error(404, "unknown_store", "no store with this id")
     try:
@@ -90,7 +107,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 async def delete_store(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     store_id = request.match_info["store_id"]
-    if not await remove_store(registry.pool, store_id):
+    if not valid_store_id(store_id) or not await remove_store(registry.pool, store_id):
         return _error(404, "unknown_store", "no store with this id")
     registry.forget(store_id)
     log.info("store %s removed", store_id)
@@ -99,7 +116,7 @@ async def delete_store(request: web.Request) -> web.Response:
 
 async def _save(request: web.Request, store: store_changes.Store) -> web.Response:
     registry = request.app[REGISTRY]
-    await upsert_store(registry.pool, store)
+    await upsert_store(registry.pool, store, registry.sealer)
     registry.forget(store.store_id)
     try:
         await asyncio.wait_for(

@@ -2,7 +2,9 @@
 
 Changes go straight to the registry table (a running gateway sees them within its cache TTL,
 5 s) and are then published on `store.config`. Secrets are read from a hidden prompt or an
-environment variable, never echoed; listings show fingerprints only.
+environment variable, never echoed; listings show fingerprints only. Secrets and API
+credentials are sealed before they are written, under the vault keys (TASLEEM_VAULT_KEYS, or
+the embedded stack's own).
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from typing import Annotated
 
 import asyncpg
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from deploy.embedded import local
 from services.ingest import store_changes
+from services.ingest.errors import StoreMisconfigured
+from services.ingest.fields import valid_store_id
 from services.ingest.stores import Store, StoreRegistry, remove_store, upsert_store
 from shared import kafka_clients
+from shared.codecrypt import SecretSealer, VaultKeyError
+from shared.events import validation_summary
 from shared.kafka import publish
 
 app = typer.Typer(no_args_is_help=True, help="Manage the store registry of the ingest gateway.")
@@ -42,6 +49,24 @@ CHANNELS = Annotated[
     str | None, typer.Option(help="Delivery channels in order, comma-separated: whatsapp,sms.")
 ]
 TEMPLATES = Annotated[str | None, typer.Option(help="Message templates by name, as JSON.")]
+ACCOUNT = Annotated[
+    str | None,
+    typer.Option(help="The merchant account whose codes the store sells (default: its id)."),
+]
+MAX_LINES = Annotated[int | None, typer.Option(help="Lines allowed in one order (default 50).")]
+MAX_UNITS = Annotated[int | None, typer.Option(help="Units allowed in one order (default 100).")]
+PLATFORM_STORE_ID = Annotated[
+    str | None, typer.Option(help="The platform's id of the store (Salla: the merchant id).")
+]
+API_CREDENTIAL = Annotated[
+    str | None,
+    typer.Option(
+        help="Zid: the orders API credential, '<Authorization token>:<X-Manager-Token>' "
+        "(each order is confirmed through it). Prompted for, hidden, when a Zid store is added.",
+        envvar="TASLEEM_STORE_API_CREDENTIAL",
+        show_envvar=True,
+    ),
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -49,23 +74,39 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-async def _change(home: Path, store_id: str, edit: Callable[[Store | None], Store]) -> Store | None:
-    """Read the store, apply `edit`, save, publish store.config; returns the saved store."""
+def _sealer(home: Path) -> SecretSealer:
+    try:
+        return SecretSealer.from_keys(local.vault_keys(home).vault_keys)
+    except (local.NoStack, VaultKeyError) as exc:
+        raise _fail(str(exc)) from None
+
+
+async def _registry(home: Path) -> StoreRegistry:
     try:
         dsn = local.database_url(home)
     except local.NoStack as exc:
         raise _fail(str(exc)) from None
+    sealer = _sealer(home)
     pool = await asyncpg.create_pool(
         dsn, min_size=1, max_size=1, server_settings={"search_path": "ingest"}
     )
+    return StoreRegistry(pool, sealer)
+
+
+async def _change(home: Path, store_id: str, edit: Callable[[Store | None], Store]) -> Store | None:
+    """Read the store, apply `edit`, save, publish store.config; returns the saved store."""
+    registry = await _registry(home)
     try:
-        registry = StoreRegistry(pool)
-        store = edit(await registry.fresh(store_id))
+        try:
+            existing = await registry.fresh(store_id)
+        except StoreMisconfigured as exc:
+            raise _fail(f"{exc.detail}: remove the store and add it again") from None
+        store = edit(existing)
         if store is None:
             return None
-        await upsert_store(pool, store)
+        await upsert_store(registry.pool, store, registry.sealer)
     finally:
-        await pool.close()
+        await registry.pool.close()
     await _publish(home, store)
     return store
 
@@ -112,10 +153,12 @@ def _change_from(
     sku_map: str | None,
     templates: str | None,
     salla_strategy: str | None,
+    **tenancy: str | int | None,
 ) -> store_changes.StoreChange:
     try:
         return store_changes.StoreChange.model_validate(
             {
+                **tenancy,
                 "platform": platform,
                 "name": name,
                 "secrets": [secret] if secret else None,
@@ -126,8 +169,8 @@ def _change_from(
                 "salla_strategy": salla_strategy,
             }
         )
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    except ValidationError as exc:  # named fields only: its text would echo a secret
+        raise _fail(validation_summary(exc)) from None
 
 
 def _apply(
@@ -163,12 +206,33 @@ def add(
     salla_strategy: Annotated[
         str | None, typer.Option(help="Salla only: signature | token.")
     ] = None,
+    account: ACCOUNT = None,
+    max_lines: MAX_LINES = None,
+    max_units: MAX_UNITS = None,
+    platform_store_id: PLATFORM_STORE_ID = None,
+    api_credential: API_CREDENTIAL = None,
     home: HOME = local.DEFAULT_HOME,
 ) -> None:
     """Register a store; a running gateway accepts its webhooks within seconds."""
     secret = secret or typer.prompt("webhook secret", hide_input=True)
+    if platform in store_changes.CONFIRMED_BY_API and not api_credential:
+        api_credential = typer.prompt(
+            "orders API credential (<Authorization token>:<X-Manager-Token>)", hide_input=True
+        )
     change = _change_from(
-        platform, name, secret, locale, channels, sku_map, templates, salla_strategy
+        platform,
+        name,
+        secret,
+        locale,
+        channels,
+        sku_map,
+        templates,
+        salla_strategy,
+        account=account,
+        max_lines=max_lines,
+        max_units=max_units,
+        platform_store_id=platform_store_id,
+        api_credential=api_credential,
     )
     store = asyncio.run(_change(home, store_id, _apply(store_id, change, must_exist=False)))
     assert store is not None
@@ -184,10 +248,30 @@ def update(
     sku_map: SKU_MAP = None,
     templates: TEMPLATES = None,
     salla_strategy: Annotated[str | None, typer.Option()] = None,
+    account: ACCOUNT = None,
+    max_lines: MAX_LINES = None,
+    max_units: MAX_UNITS = None,
+    platform_store_id: PLATFORM_STORE_ID = None,
+    api_credential: API_CREDENTIAL = None,
     home: HOME = local.DEFAULT_HOME,
 ) -> None:
-    """Change a store's settings (secrets: use rotate-secret)."""
-    change = _change_from(None, name, None, locale, channels, sku_map, templates, salla_strategy)
+    """Change a store's settings (webhook secrets: use rotate-secret; a new API credential:
+    TASLEEM_STORE_API_CREDENTIAL, not on the command line, where shells keep it)."""
+    change = _change_from(
+        None,
+        name,
+        None,
+        locale,
+        channels,
+        sku_map,
+        templates,
+        salla_strategy,
+        account=account,
+        max_lines=max_lines,
+        max_units=max_units,
+        platform_store_id=platform_store_id,
+        api_credential=api_credential,
+    )
     store = asyncio.run(_change(home, store_id, _apply(store_id, change, must_exist=True)))
     assert store is not None
     _show(store)
@@ -219,17 +303,11 @@ def list_stores(
     """Every store, secrets shown as fingerprints."""
 
     async def main() -> list[Store]:
+        registry = await _registry(home)
         try:
-            dsn = local.database_url(home)
-        except local.NoStack as exc:
-            raise _fail(str(exc)) from None
-        pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=1, server_settings={"search_path": "ingest"}
-        )
-        try:
-            return await StoreRegistry(pool).all()
+            return await registry.all()
         finally:
-            await pool.close()
+            await registry.pool.close()
 
     stores = asyncio.run(main())
     if as_json:
@@ -237,7 +315,8 @@ def list_stores(
             _show(store)
         return
     table = Table(title="Stores")
-    for column in ("id", "platform", "name", "locale", "channels", "secrets", "skus mapped"):
+    columns = ("id", "platform", "name", "locale", "channels", "secrets", "API", "skus mapped")
+    for column in columns:
         table.add_column(column)
     for s in stores:
         shown = store_changes.shown(s)
@@ -248,6 +327,7 @@ def list_stores(
             s.locale,
             ",".join(s.channels),
             " ".join(shown["secrets"]),
+            shown["api_credential"] or "",
             str(len(s.sku_map)),
         )
     console.print(table)
@@ -268,6 +348,6 @@ def remove(store_id: str, home: HOME = local.DEFAULT_HOME) -> None:
         finally:
             await conn.close()
 
-    if not asyncio.run(main()):
+    if not valid_store_id(store_id) or not asyncio.run(main()):
         raise _fail(f"no store {store_id!r}")
     typer.echo(json.dumps({"status": "removed", "store_id": store_id}))

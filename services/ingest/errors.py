@@ -35,6 +35,13 @@ class PayloadTooLarge(IngestError):
     code = "payload_too_large"
 
 
+class BodyTimeout(IngestError):
+    """The body did not arrive in time (a slow sender holds a connection, nothing more)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(IngestError):
     """The body is not JSON."""
 
@@ -56,6 +63,25 @@ class InvalidOrder(IngestError):
     code = "invalid_order"
 
 
+class OrderTooLarge(InvalidOrder):
+    """More lines or units than the store allows in one order."""
+
+    code = "order_too_large"
+
+
+class UnknownSku(InvalidOrder):
+    """A sku outside the store's catalogue (its sku map)."""
+
+    code = "unknown_sku"
+
+
+class WrongMerchant(IngestError):
+    """A signed body that names another merchant than the store's."""
+
+    status = 403
+    code = "wrong_merchant"
+
+
 class BrokerUnavailable(IngestError):
     """The broker did not acknowledge in time: the platform should retry."""
 
@@ -68,3 +94,25 @@ class RegistryUnavailable(IngestError):
 
     status = 503
     code = "registry_unavailable"
+
+
+class UnconfirmedOrder(IngestError):
+    """The platform's own API does not confirm the order the webhook names (Zid: unsigned)."""
+
+    status = 422
+    code = "unconfirmed_order"
+
+
+class PlatformUnavailable(IngestError):
+    """The platform's API, which must confirm the order, did not answer: the platform retries."""
+
+    status = 503
+    code = "platform_unavailable"
+
+
+class StoreMisconfigured(IngestError):
+    """The store cannot be checked as set up (no or a refused API credential, or secrets that
+    do not open with the vault keys): an operator must act, then the platform's retry passes."""
+
+    status = 503
+    code = "store_misconfigured"

@@ -9,13 +9,17 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from services.ingest import admin, metrics, store_changes
+from services.ingest import admin, metrics, store_changes, zid
 from services.ingest.openapi import openapi
+from services.ingest.platforms import PlatformApis
+from services.ingest.receipts.views import ReceiptGateway
+from services.ingest.receipts.views import init_series as init_receipt_series
 from services.ingest.settings import IngestSettings
-from services.ingest.stores import StoreRegistry
-from services.ingest.views import PRODUCER, REGISTRY, SETTINGS, webhook
+from services.ingest.stores import StoreRegistry, seal_at_rest
+from services.ingest.views import PLATFORM_APIS, PRODUCER, REGISTRY, SETTINGS, webhook
 from shared import kafka_clients, runtime
 from shared.admin_auth import admin_guard
+from shared.codecrypt import SecretSealer
 from shared.db import connect_and_migrate, ping
 from shared.kafka import publish
 
@@ -26,7 +30,7 @@ SQL = Path(__file__).parent / "sql"
 class KafkaClients(kafka_clients.ClientSet):
     """Every Kafka client the gateway makes, built (not started) in one place."""
 
-    producer: AIOKafkaProducer  # orders and store settings
+    producer: AIOKafkaProducer  # orders, store settings and delivery receipts
 
 
 def kafka(settings: IngestSettings) -> KafkaClients:
@@ -38,28 +42,47 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     settings = rt.settings
     assert isinstance(settings, IngestSettings)
     metrics.init_series()
+    init_receipt_series()
+    sealer = SecretSealer.from_keys(settings.vault_keys)  # no keys: no start (VaultKeyError)
     pool = await connect_and_migrate(
         settings.database_url, "ingest", SQL, max_size=settings.db_pool_max
     )
     clients = kafka(settings)
     producer = clients.producer
+    receipts: ReceiptGateway | None = None
+    zid_orders = zid.OrdersApi(settings.zid_api_base_url, settings.zid_api_timeout_s)
     try:
         await producer.start()
-        registry = StoreRegistry(pool, settings.store_cache_ttl_s)
+        await seal_at_rest(pool, sealer)
+        registry = StoreRegistry(pool, sealer, settings.store_cache_ttl_s)
         stores = await registry.all()
         await publish(producer, [store_changes.config_event(s) for s in stores], "ingest")
         rt.app[REGISTRY] = registry
         rt.app[PRODUCER] = producer
         rt.app[SETTINGS] = settings
-        rt.app.middlewares.append(admin_guard(settings.ingest_admin_token.get_secret_value()))
+        rt.app[PLATFORM_APIS] = PlatformApis(zid=zid_orders)
+        rt.app.middlewares.append(
+            admin_guard("ingest", settings.ingest_admin_tokens.get_secret_value())
+        )
         rt.app.router.add_post("/webhooks/{platform}/{store_id}", webhook)
         rt.app.router.add_get("/openapi.json", openapi)
+        receipts = ReceiptGateway(
+            producer,
+            settings,
+            settings.gateway_public_url or f"http://{settings.admin_host}:{settings.admin_port}",
+            settings.publish_timeout_s,
+            settings.max_body_bytes,
+        )
+        rt.app.add_routes(receipts.routes())
         rt.app.add_routes(admin.routes)
         rt.add_check("database", lambda: ping(pool))
         rt.add_check("broker", lambda: bool(producer.client.cluster.brokers()))
         yield
     finally:
+        if receipts is not None:
+            await receipts.close()
         await clients.close()
+        await zid_orders.close()
         await pool.close()
 
 

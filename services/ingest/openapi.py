@@ -38,7 +38,8 @@ _ACKNOWLEDGED = {
 }
 _ADMIN_ERRORS = {
     "401": _error("missing or wrong bearer token"),
-    "403": _error("no admin token is configured: the admin API is off"),
+    "403": _error("the token's role does not allow this, or no admin token is configured"),
+    "429": _error("too many bad credentials from this address: wait Retry-After seconds"),
 }
 _STORE_ID = {"name": "store_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -84,14 +85,23 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _error("the body is not valid JSON"),
                     "401": _error("missing or wrong signature or credentials"),
+                    "403": _error("the signed body names another merchant than the store's"),
                     "404": _error("no store of this platform with this id"),
+                    "408": _error("the body did not arrive in time"),
                     "413": _error("body over 1 MiB"),
                     "415": _error("Content-Type is not application/json"),
-                    "422": _error("valid JSON that is not an order we can deliver"),
+                    "422": _error(
+                        "valid JSON that is not an order we can deliver: invalid_order, "
+                        "order_too_large (over the store's lines or units per order), "
+                        "unknown_sku (not in the store's catalogue), unconfirmed_order (Zid's "
+                        "orders API does not know the order for this store)"
+                    ),
                     "503": {
                         **_error(
-                            "the broker did not acknowledge in time, or the store registry is "
-                            "unreadable: retry"
+                            "the broker did not acknowledge in time, the store registry is "
+                            "unreadable, Zid's orders API did not answer (platform_unavailable), "
+                            "or the store must be fixed by an operator (store_misconfigured: no "
+                            "or a refused Zid API credential, secrets that do not open): retry"
                         ),
                         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                     },
@@ -100,7 +110,7 @@ DOCUMENT: dict[str, Any] = {
         },
         "/admin/stores": {
             "get": {
-                "summary": "Every store, secrets shown as fingerprints",
+                "summary": "Every store, secrets and API credential shown as fingerprints",
                 "security": [{"bearer": []}],
                 "responses": {"200": {"description": "the stores"}, **_ADMIN_ERRORS},
             }
@@ -112,11 +122,14 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": {"description": "the store"},
                     "404": _error("no such store"),
+                    "503": _error("the store's secrets do not open with the vault keys"),
                     **_ADMIN_ERRORS,
                 },
             },
             "put": {
-                "summary": "Create a store or change the fields given",
+                "summary": "Create a store or change the fields given (a Zid store needs "
+                "`api_credential`, `<Authorization token>:<X-Manager-Token>`; secrets are sealed "
+                "before they are stored)",
                 "security": [{"bearer": []}],
                 "requestBody": {
                     "required": True,
@@ -126,7 +139,10 @@ DOCUMENT: dict[str, Any] = {
                     "200": {"description": "the store as saved"},
                     "400": _error("not JSON"),
                     "422": _error("not a valid store"),
-                    "503": _error("saved, but store.config could not be published"),
+                    "503": _error(
+                        "saved, but store.config could not be published; or the stored "
+                        "store's secrets do not open with the vault keys"
+                    ),
                     **_ADMIN_ERRORS,
                 },
             },
@@ -171,6 +187,73 @@ DOCUMENT: dict[str, Any] = {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
 }
+
+_RECEIVED = {
+    "description": "verified, and on Kafka (`delivery.receipt`, acks=all) when it said anything",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["accepted", "confirmed"]},
+                    "receipts": {"type": "integer"},
+                },
+            }
+        }
+    },
+}
+_RECEIPT_ERRORS = {
+    "400": _error("the body is not valid JSON"),
+    "401": _error("missing or wrong signature or token"),
+    "403": _error("receipts of this provider are not configured"),
+    "413": _error("body over 1 MiB"),
+    "415": _error("not the provider's content type"),
+    "422": _error("verified, but not a receipt in the provider's format"),
+    "503": {
+        **_error("the broker did not acknowledge in time (or SNS could not be reached): retry"),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}
+
+
+def _receipt(summary: str, media: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {media: {"schema": {}}}},
+            "responses": {"200": _RECEIVED, **_RECEIPT_ERRORS},
+        }
+    }
+
+
+_FORM = "application/x-www-form-urlencoded"
+DOCUMENT["paths"].update(
+    {
+        "/webhooks/whatsapp": {
+            "get": {
+                "summary": "Meta's webhook subscription check: the challenge back",
+                "parameters": [
+                    {"name": n, "in": "query", "required": True, "schema": {"type": "string"}}
+                    for n in ("hub.mode", "hub.verify_token", "hub.challenge")
+                ],
+                "responses": {
+                    "200": {
+                        "description": "hub.challenge",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _error("hub.verify_token does not match"),
+                    "403": _error("no verify token is configured"),
+                    "422": _error("hub.challenge missing or too long"),
+                },
+            },
+            **_receipt("WhatsApp status webhooks (X-Hub-Signature-256)", "application/json"),
+        },
+        "/webhooks/twilio": _receipt("Twilio status callbacks (X-Twilio-Signature)", _FORM),
+        "/webhooks/unifonic": _receipt("Unifonic DLRs (the token in the URL's query)", _FORM),
+        "/webhooks/ses": _receipt("SES events by SNS (signed by SNS)", "text/plain"),
+    }
+)
 
 
 async def openapi(_: web.Request) -> web.Response:

@@ -11,7 +11,8 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from services.ingest.errors import InvalidOrder
+from services.ingest import fields
+from services.ingest.errors import InvalidOrder, OrderTooLarge, UnknownSku
 from services.ingest.phones import to_e164
 from services.ingest.stores import Store
 from shared.events import (
@@ -48,22 +49,16 @@ def paid(
     currency: str | None = None,
     total: str | None = None,
 ) -> OrderPaid:
-    """The `order.paid` event: skus mapped, phone in E.164, id stable for the same order."""
-    if not order_id:
-        raise InvalidOrder("the order has no id")
-    if not lines:
-        raise InvalidOrder("an order needs at least one line")
-    mapped = []
-    for line in lines:
-        if not line.platform_sku or not 1 <= line.quantity <= 100:
-            raise InvalidOrder("each line needs a sku and a quantity between 1 and 100")
-        sku = store.internal_sku(line.platform_sku)
-        if len(sku) > 128:
-            raise InvalidOrder("a line's sku is longer than 128 characters")
-        mapped.append(OrderLine(sku=sku, quantity=line.quantity, title=line.title[:200]))
-    e164 = to_e164(phone) if phone else None
-    if not e164 and not email:
+    """The `order.paid` event: every field fit to store and show (see `fields`), skus mapped,
+    the store's caps kept, phone in E.164, id stable for the same order."""
+    _check_order_id(order_id)
+    mapped = _lines(store, lines)
+    e164 = to_e164(phone) if phone and not fields.has_hidden(phone) else None
+    address = fields.usable_email(email)
+    if not e164 and not address:
         raise InvalidOrder("customer: a phone or an email is needed to deliver the code")
+    if currency and not fields.valid_currency(currency):
+        raise InvalidOrder("currency must be a three-letter ISO 4217 code")
     key = order_key(store.platform, store.store_id, order_id)
     now = utcnow()
     try:
@@ -72,37 +67,69 @@ def paid(
             order_key=key,
             platform=store.platform,
             store_id=store.store_id,
+            account=store.account,
             store_name=store.name,
             order_id=order_id,
             lines=mapped,
             customer=Customer(
-                name=name.strip(),
+                name=fields.clean_text(name, fields.MAX_NAME),
                 phone=e164,
-                email=email or None,
+                email=address,
                 locale=locale if locale in ("ar", "en") else store.locale,  # type: ignore[arg-type]
             ),
             paid_at=paid_at or now,
             received_at=now,
-            currency=currency or "SAR",
-            total=total,
+            currency=currency.upper() if currency else "SAR",
+            total=fields.amount_or_none(total),
         )
     except ValidationError as exc:  # our own contract refuses it: still the sender's input
         raise InvalidOrder(validation_summary(exc)) from None
 
 
+def _lines(store: Store, lines: list[Line]) -> list[OrderLine]:
+    """The order's lines in internal skus, within the store's caps and catalogue."""
+    if not lines:
+        raise InvalidOrder("an order needs at least one line")
+    if len(lines) > store.max_lines:
+        raise OrderTooLarge(f"{len(lines)} lines: this store allows {store.max_lines} per order")
+    units = sum(line.quantity for line in lines)
+    if units > store.max_units:
+        raise OrderTooLarge(f"{units} units: this store allows {store.max_units} per order")
+    mapped = []
+    for n, line in enumerate(lines):
+        if not line.platform_sku or not 1 <= line.quantity <= 100:
+            raise InvalidOrder("each line needs a sku and a quantity between 1 and 100")
+        if not fields.valid_sku(line.platform_sku):
+            raise InvalidOrder(f"line {n}: the sku is not 1-128 letters, digits and ._:/+#@-")
+        if not store.sells(line.platform_sku):
+            raise UnknownSku(f"line {n}: the sku is not in this store's catalogue")
+        sku = store.internal_sku(line.platform_sku)
+        if not fields.valid_sku(sku):
+            raise InvalidOrder(f"line {n}: the store maps this sku to an invalid one")
+        title = fields.clean_text(line.title, fields.MAX_TITLE)
+        mapped.append(OrderLine(sku=sku, quantity=line.quantity, title=title))
+    return mapped
+
+
+def _check_order_id(order_id: str) -> None:
+    problem = fields.order_id_problem(order_id)
+    if problem:
+        raise InvalidOrder(problem)
+
+
 def cancelled(
     store: Store, order_id: str, reason: str, at: datetime | None = None
 ) -> OrderCancelled:
-    if not order_id:
-        raise InvalidOrder("the order has no id")
+    _check_order_id(order_id)
     key = order_key(store.platform, store.store_id, order_id)
     return OrderCancelled(
         event_id=event_id_for("order.cancelled", key),
         order_key=key,
         platform=store.platform,
         store_id=store.store_id,
+        account=store.account,
         order_id=order_id,
-        reason=reason,
+        reason=fields.clean_text(reason, fields.MAX_TITLE),
         cancelled_at=at or utcnow(),
     )
 

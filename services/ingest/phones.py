@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _DIGITS = re.compile(r"\d+")
 DEFAULT_COUNTRY_CODE = "966"  # Saudi Arabia: where a bare national number most often comes from
@@ -11,7 +12,8 @@ DEFAULT_COUNTRY_CODE = "966"  # Saudi Arabia: where a bare national number most 
 def to_e164(raw: str, default_country_code: str = DEFAULT_COUNTRY_CODE) -> str | None:
     """`+9665XXXXXXXX` from the usual spellings (`05…`, `9665…`, `00966…`); None if hopeless."""
     text = raw.strip()
-    digits = "".join(_DIGITS.findall(text))
+    # `\d` also matches Arabic-Indic and other digits: providers want ASCII ones
+    digits = "".join(str(unicodedata.decimal(d)) for d in "".join(_DIGITS.findall(text)))
     if not digits:
         return None
     if text.startswith("+"):

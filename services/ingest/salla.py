@@ -1,8 +1,10 @@
 """Salla: signature or token strategy, and "paid" read from the order's status slug.
 
 Salla has no `order.paid` event: an order is paid once its status slug is past payment and
-`is_pending_payment` is false. The event id comes from the order key, so `order.created`,
-`order.updated` and `order.status.updated` for one paid order are one event downstream.
+`is_pending_payment` is explicitly false (missing is not paid: a bank transfer awaiting review
+came without it). Cash on delivery is paid only once delivered, and `under_review` (a bank
+transfer the merchant has not checked) never is. The event id comes from the order key, so
+`order.created`, `order.updated` and `order.status.updated` for one paid order are one event.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.ingest import orders
-from services.ingest.errors import InvalidOrder, InvalidSignature
+from services.ingest.errors import InvalidOrder, InvalidSignature, WrongMerchant
 from services.ingest.stores import Store
 from shared.admin_auth import bearer_token
 from shared.events import OrderCancelled, OrderPaid, validation_summary
 
 PLATFORM = "salla"
-PAID_SLUGS = {"under_review", "in_progress", "completed", "delivering", "delivered", "shipped"}
+PAID_SLUGS = {"in_progress", "completed", "delivering", "delivered", "shipped"}
+# the cash is collected by the courier: only a delivered (or completed) order has paid
+CASH_ON_DELIVERY = {"cod", "cash_on_delivery"}
+COD_PAID_SLUGS = {"completed", "delivered"}
 CANCELLED_SLUGS = {"canceled", "cancelled", "refunded"}
 CANCEL_EVENTS = {"order.cancelled", "order.refunded", "order.deleted"}
 ORDER_EVENTS = {"order.created", "order.updated", "order.payment.updated", "order.status.updated"}
@@ -86,6 +91,7 @@ class _Order(_Loose):
     id: str = Field(min_length=1, max_length=128)
     status: _Status | str | None = None
     is_pending_payment: bool | None = None
+    payment_method: str = ""
     currency: str | None = None
     amounts: _Amounts | None = None
     customer: _Customer = _Customer()
@@ -116,11 +122,12 @@ def normalise(
             order = _Order.model_validate(envelope.data)
     except ValidationError as exc:
         raise InvalidOrder(validation_summary(exc)) from None
+    _check_merchant(store, envelope.merchant)
     slug = order.status.slug if isinstance(order.status, _Status) else ""
     if envelope.event in CANCEL_EVENTS or slug in CANCELLED_SLUGS:
         reason = envelope.event if envelope.event in CANCEL_EVENTS else f"status {slug}"
         return orders.cancelled(store, order.id, reason)
-    if slug not in PAID_SLUGS or order.is_pending_payment:
+    if not is_paid(slug, order.is_pending_payment, order.payment_method):
         return None  # created but not paid yet: Salla sends another event when it is
     customer = order.customer
     name = customer.name or f"{customer.first_name} {customer.last_name}"
@@ -139,6 +146,19 @@ def normalise(
         currency=order.currency or (total.currency if total else None),
         total=total.amount if total else None,
     )
+
+
+def is_paid(slug: str, pending: bool | None, payment_method: str) -> bool:
+    """Paid only on the signed body's word: a paid slug and `is_pending_payment` false."""
+    if pending is not False or slug not in PAID_SLUGS:
+        return False
+    return payment_method.lower() not in CASH_ON_DELIVERY or slug in COD_PAID_SLUGS
+
+
+def _check_merchant(store: Store, merchant: int | str | None) -> None:
+    """The signed envelope names the Salla merchant: it must be this store's (when known)."""
+    if store.platform_store_id and str(merchant) != store.platform_store_id:
+        raise WrongMerchant("the webhook names another Salla merchant than this store's")
 
 
 def _line(item: _Item) -> orders.Line:

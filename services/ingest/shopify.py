@@ -1,4 +1,8 @@
-"""Shopify: base64 HMAC of the body with the app secret; the topic header names the event.
+"""Shopify: base64 HMAC of the body with the app secret; the topic header routes the event.
+
+The header is not signed, so it only routes: `orders/cancelled` cancels only a body that says
+the order is cancelled (`cancelled_at` set) or its money returned; a paid body re-sent under
+it is ignored, and the genuine paid webhook still counts.
 
 `X-Shopify-Event-Id` repeats across retries, but the event id we publish comes from the order
 key, which also folds `orders/paid` and a later `orders/updated` of the same order together.
@@ -19,6 +23,7 @@ from shared.events import OrderCancelled, OrderPaid, validation_summary
 PLATFORM = "shopify"
 PAID_TOPICS = {"orders/paid", "orders/create", "orders/updated"}
 CANCEL_TOPICS = {"orders/cancelled", "refunds/create"}
+UNPAID_STATUSES = {"refunded", "voided"}
 
 
 def verify(store: Store, headers: Mapping[str, str], raw: bytes) -> None:
@@ -56,6 +61,7 @@ class _Order(_Loose):
     currency: str | None = None
     total_price: str | None = None
     financial_status: str | None = None
+    cancelled_at: str | None = None
     customer_locale: str | None = None
     customer: _Customer | None = None
     billing_address: _Address | None = None
@@ -78,10 +84,10 @@ def normalise(
         order = _Order.model_validate(payload)
     except ValidationError as exc:
         raise InvalidOrder(validation_summary(exc)) from None
-    if topic == "orders/cancelled":
-        return orders.cancelled(store, order.id, topic)
-    if order.financial_status != "paid":
-        return None
+    if order.cancelled_at or order.financial_status in UNPAID_STATUSES:
+        return orders.cancelled(store, order.id, f"{topic}: {order.financial_status or ''}")
+    if topic == "orders/cancelled" or order.financial_status != "paid":
+        return None  # a live body under the cancel topic: the unsigned header does not decide
     customer = order.customer or _Customer()
     phone = order.phone or customer.phone or (order.billing_address or _Address()).phone
     return orders.paid(

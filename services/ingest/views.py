@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.ingest.errors import (
+    BodyTimeout,
     BrokerUnavailable,
     IngestError,
     MalformedJson,
@@ -19,8 +20,9 @@ from services.ingest.errors import (
     UnknownStore,
     UnsupportedMediaType,
 )
+from services.ingest.fields import valid_store_id
 from services.ingest.metrics import IN_FLIGHT, PUBLISH_SECONDS, RECEIVED, REJECTED
-from services.ingest.platforms import ADAPTERS, Adapter
+from services.ingest.platforms import ADAPTERS, Adapter, PlatformApis
 from services.ingest.settings import IngestSettings
 from services.ingest.stores import StoreRegistry
 
@@ -29,12 +31,14 @@ log = logging.getLogger(__name__)
 REGISTRY = web.AppKey("registry", StoreRegistry)
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 SETTINGS = web.AppKey("settings", IngestSettings)
+PLATFORM_APIS = web.AppKey("platform_apis", PlatformApis)
 RETRY_AFTER_S = "5"
 
 
 async def webhook(request: web.Request) -> web.Response:
     """`POST /webhooks/{platform}/{store_id}`: every refusal is a JSON error, never a 5xx
-    except 503 (broker or store registry unavailable), which asks the platform to retry."""
+    except 503 (broker, store registry or the platform's API unavailable, or a store an
+    operator must fix), which asks the platform to retry."""
     adapter = ADAPTERS.get(request.match_info["platform"])
     platform = adapter.platform if adapter else "unknown"  # bounded label values only
     IN_FLIGHT.inc()
@@ -59,13 +63,21 @@ async def _accept(request: web.Request, adapter: Adapter) -> tuple[int, dict[str
     platform = adapter.platform
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise PayloadTooLarge(f"body over {settings.max_body_bytes} bytes")
-    store = await request.app[REGISTRY].get(request.match_info["store_id"])
+    store_id = request.match_info["store_id"]
+    # an id no store can have is not looked up (a NUL in it made the registry query fail: 503,
+    # and the platform retried forever)
+    store = await request.app[REGISTRY].get(store_id) if valid_store_id(store_id) else None
     if store is None or store.platform != platform:
         raise UnknownStore(f"no {platform} store with this id")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(settings.body_read_timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"body over {settings.max_body_bytes} bytes") from None
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the body did not arrive within {settings.body_read_timeout_s} s"
+        ) from None
     if adapter.is_ping(request.content_type, raw):
         RECEIVED.labels(platform, "ping").inc()
         return 200, {"status": "ok"}
@@ -77,6 +89,8 @@ async def _accept(request: web.Request, adapter: Adapter) -> tuple[int, dict[str
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedJson("body is not valid JSON") from None
     event = adapter.normalise(store, request.headers, payload)
+    if event is not None and adapter.confirm is not None:
+        event = await adapter.confirm(request.app[PLATFORM_APIS], store, event)
     if event is None:
         RECEIVED.labels(platform, "ignored").inc()
         return 200, {"status": "ignored"}

@@ -1,4 +1,9 @@
-"""The notifier's operator API (behind the admin bearer token): an order's deliveries, resend."""
+"""The notifier's operator API (behind the admin tokens): an order's deliveries, resend.
+
+Reads need a `read` token, a resend an `operate` one (shared/admin_auth.py). Every answer to
+bad input is a JSON 4xx with `error` and `detail`: an order key PostgreSQL cannot hold (NUL,
+control characters, over 512 characters) is refused before it reaches a query.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,40 @@ import asyncpg
 from aiohttp import web
 
 from services.notifier.handlers import Delivery
-from services.notifier.resend import ResendError, UnknownOrder, resend
+from services.notifier.resend import (
+    DEFAULT_LIMITS,
+    ResendError,
+    ResendLimits,
+    TooManyResends,
+    UnknownOrder,
+    check_order_key,
+    resend,
+)
+from shared.admin_auth import caller_of
 from shared.events import Event
 
+MAX_BODY_BYTES = 16 * 1024  # a resend body is a phone, an address and a reason
 
-def _error(status: int, error: str, detail: str) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status)
+
+def _error(status: int, error: str, detail: str, **headers: str) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
 
 def routes(
-    pool: asyncpg.Pool, delivery: Delivery, report: Callable[[list[Event]], Awaitable[None]]
+    pool: asyncpg.Pool,
+    delivery: Delivery,
+    report: Callable[[list[Event]], Awaitable[None]],
+    limits: ResendLimits = DEFAULT_LIMITS,
 ) -> list[web.RouteDef]:
     """`report` publishes what a resend produces (`message.sent` for a part that had failed
     and now went out)."""
 
     async def deliveries(request: web.Request) -> web.Response:
         order_key = request.match_info["order_key"]
+        try:
+            check_order_key(order_key)
+        except ResendError as exc:
+            return _error(400, exc.error, str(exc))
         rows = await pool.fetch(
             """
             SELECT d.part, d.status, d.channel, d.provider, d.provider_message_id, d.recipient,
@@ -48,30 +71,56 @@ def routes(
             part["reasons"] = list(r["reasons"])
             part["attempt_log"] = json.loads(r["tries"])
             parts.append(part)
-        return web.json_response({"order_key": order_key, "parts": parts}, dumps=_dumps)
+        resends = await pool.fetch(
+            """
+            SELECT id, caller, requested_at, original_phone, original_email, phone, email,
+                   recipient_changed, reason, outcome
+            FROM resends WHERE order_key = $1 ORDER BY requested_at
+            """,
+            order_key,
+        )
+        return web.json_response(
+            {"order_key": order_key, "parts": parts, "resends": [dict(r) for r in resends]},
+            dumps=_dumps,
+        )
 
     async def resend_order(request: web.Request) -> web.Response:
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _error(413, "body_too_large", f"at most {MAX_BODY_BYTES} bytes")
         try:
-            body = await request.json()
-        except ValueError:
+            body = await request.json() if request.can_read_body else {}
+        except (ValueError, RecursionError):
             return _error(400, "invalid_json", "the body must be JSON")
         if not isinstance(body, dict):
-            return _error(400, "invalid_body", 'expected {"phone": ..., "email": ...}')
-        phone, email = body.get("phone"), body.get("email")
-        if not all(v is None or isinstance(v, str) for v in (phone, email)):
-            return _error(400, "invalid_body", "phone and email must be strings")
+            return _error(
+                400, "invalid_body", 'expected {"phone": ..., "email": ..., "reason": ...}'
+            )
+        phone, email, reason = body.get("phone"), body.get("email"), body.get("reason")
+        if not all(v is None or isinstance(v, str) for v in (phone, email, reason)):
+            return _error(400, "invalid_body", "phone, email and reason must be strings")
         try:
-            results, events = await resend(
-                pool, delivery, request.match_info["order_key"], phone, email
+            result = await resend(
+                pool,
+                delivery,
+                request.match_info["order_key"],
+                phone or None,
+                email or None,
+                caller=caller_of(request),
+                reason=reason,
+                limits=limits,
             )
         except UnknownOrder as exc:
-            return _error(404, "unknown_order", str(exc))
+            return _error(404, exc.error, str(exc))
+        except TooManyResends as exc:
+            return _error(
+                429, exc.error, str(exc), **{"Retry-After": str(round(exc.retry_after_s))}
+            )
         except ResendError as exc:
-            return _error(400, "invalid_recipient", str(exc))
-        if events:
-            await report(events)
-        ok = all(r["status"] != "failed" for r in results)
-        return web.json_response({"parts": results}, status=200 if ok else 502)
+            return _error(400, exc.error, str(exc))
+        if result.events:
+            await report(result.events)
+        ok = all(p["status"] != "failed" for p in result.parts)
+        return web.json_response(result.answer(), status=200 if ok else 502)
 
     return [
         web.get("/admin/orders/{order_key}/deliveries", deliveries),

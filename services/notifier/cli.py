@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 import aiohttp
 import typer
@@ -60,10 +61,16 @@ def resend(
     order_key: Annotated[str, typer.Argument(help="{platform}:{store_id}:{order_id}")],
     phone: Annotated[str | None, typer.Option(help="Corrected phone, E.164.")] = None,
     email: Annotated[str | None, typer.Option(help="Corrected email address.")] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Why (a ticket, the buyer's request): kept in the audit.")
+    ] = None,
     url: Annotated[str | None, typer.Option(help="The notifier's admin URL.")] = None,
     home: Annotated[Path, typer.Option(help="The embedded stack's home.")] = Path(".tasleem"),
 ) -> None:
-    """Send an order's codes again, to a corrected phone number or email address."""
+    """Send an order's codes again: to the buyer, or to a corrected phone number or address.
+    Audited (your token's caller name, the original recipient and this one) and limited per
+    order and per caller. The token: TASLEEM_NOTIFIER_ADMIN_TOKEN (an `operate` token of the
+    notifier), else the local stack's `admin/notifier-operate.token`."""
     token = os.environ.get("TASLEEM_NOTIFIER_ADMIN_TOKEN", "")
     if url is None:
         stack = home / "stack.json"
@@ -71,14 +78,14 @@ def resend(
             console.print("[red]no --url and no running stack (start one with `tasleem up`)[/red]")
             raise typer.Exit(2)
         url = json.loads(stack.read_text())["notifier"]
-        token = token or local.admin_token(home)
+        token = token or local.admin_token(home, "notifier", "operate")
 
     async def call() -> tuple[int, dict[str, object]]:
         async with (
             aiohttp.ClientSession() as session,
             session.post(
-                f"{url.rstrip('/')}/admin/orders/{order_key}/resend",
-                json={"phone": phone, "email": email},
+                f"{url.rstrip('/')}/admin/orders/{quote(order_key, safe=':')}/resend",
+                json={"phone": phone, "email": email, "reason": reason},
                 headers={"Authorization": f"Bearer {token}"},
             ) as resp,
         ):

@@ -18,8 +18,18 @@ from services.notifier.providers import (
     ProviderError,
     transport_error,
 )
+from shared.events import reference_token
 
 PATH = "/v2/email/outbound-emails"
+REFERENCE_TAG = "tasleem-ref"
+TAG_MAX = 256
+
+
+def tag_value(reference: str) -> str:
+    """Our reference as an SES tag value, which allows only letters, digits, '_', '-', '.' and
+    '@': base64url; past the 256 characters a value may have, the attempt key alone."""
+    value = reference_token(reference)
+    return value if len(value) <= TAG_MAX else reference_token(reference.split(".")[0])
 
 
 def _hmac(key: bytes, text: str) -> bytes:
@@ -74,6 +84,7 @@ class SesEmail:
         access_key: str = "",
         secret_key: str = "",
         region: str = "me-south-1",
+        configuration_set: str = "",
     ):
         self.session = session
         self.url = f"{base_url.rstrip('/')}{PATH}"
@@ -82,10 +93,18 @@ class SesEmail:
         self.access_key = access_key
         self.secret_key = secret_key
         self.region = region
+        # its event destination (SNS, to the gateway) sends the receipts, with our tags
+        self.configuration_set = configuration_set
 
     async def send(self, message: Outbound) -> str:
+        extra: dict[str, Any] = {}
+        if self.configuration_set:
+            extra["ConfigurationSetName"] = self.configuration_set
+        if message.reference:
+            extra["EmailTags"] = [{"Name": REFERENCE_TAG, "Value": tag_value(message.reference)}]
         body = json.dumps(
             {
+                **extra,
                 "FromEmailAddress": self.sender,
                 "Destination": {"ToAddresses": [message.to]},
                 "Content": {

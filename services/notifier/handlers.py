@@ -29,6 +29,7 @@ from services.notifier.breaker import CircuitBreaker, State
 from services.notifier.journal import Begin, Close, Finish, Journal
 from services.notifier.policy import Route, StoreDirectory, routes
 from services.notifier.providers import Outbound, Provider, ProviderError
+from services.notifier.recovery import INTERRUPTED, ReceiptWaiter
 from shared.codecrypt import CodeCipher, CodeDecryptError
 from shared.events import (
     CodeAllocated,
@@ -36,6 +37,7 @@ from shared.events import (
     Event,
     MessageFailed,
     MessageSent,
+    attempt_reference,
     event_id_for,
     utcnow,
 )
@@ -97,6 +99,9 @@ class Delivery:
     # a redelivered part still 'sending' is resumed only once untouched this long (0: at once,
     # right for a single process; with replicas, longer than a message can take)
     resume_after_s: float = 0.0
+    # how long the resume of an interrupted attempt waits for its receipt (recovery.py)
+    receipt_wait_s: float = 0.0
+    waiter: ReceiptWaiter = field(default_factory=ReceiptWaiter)
     inflight: dict[str, asyncio.Task[Event | None]] = field(default_factory=dict)
     revoked: set[tuple[str, int]] = field(default_factory=set)
     _journal: Journal | None = None
@@ -225,30 +230,100 @@ async def _claim(
 
 
 async def resume(event: CodeAllocated, pool: asyncpg.Pool, delivery: Delivery) -> Event | None:
-    """Finish a part a crash left unfinished, without a second message where the provider can
-    tell: Unifonic answers a repeated CorrelationID with ER-09, so its attempt is repeated with
-    the same key. WhatsApp, Twilio and SES have no lookup by our key: an attempt they may have
-    accepted just before the crash is sent again (the at-least-once window)."""
+    """Finish a part a crash left unfinished, without a second message wherever we can tell
+    that the first one went out (recovery.py): Unifonic answers a repeated CorrelationID with
+    ER-09, so its attempt is repeated with the same key; Twilio is looked up by recipient and
+    day; WhatsApp, Twilio and SES echo our attempt key in their receipts, which the resume waits
+    for (`receipt_wait_s`). Only when none comes is the message sent again (README's window)."""
     last = await pool.fetchrow(
         """
-        SELECT key, channel, provider FROM attempts
+        SELECT key, channel, provider, recipient, started_at FROM attempts
         WHERE allocation_event_id = $1 AND status = 'sending' AND purpose = 'delivery'
         ORDER BY started_at DESC LIMIT 1
         """,
         event.event_id,
     )
-    if last is not None and last["provider"] != "unifonic":
-        await delivery.journal(pool).finish(
-            Finish(last["key"], "unknown", None, "interrupted; the provider has no lookup")
-        )
+    if last is None:
+        return await send_part(event, pool, delivery)
+    provider = last["provider"]
+    if provider == "unifonic":
+        INTERRUPTED.labels(provider, "same_key").inc()
+        return await send_part(event, pool, delivery, resume_from=last)
+    # touched, so another replica's sweep leaves the part to this one while it waits
+    await pool.execute(
+        "UPDATE deliveries SET updated_at = now() WHERE allocation_event_id = $1", event.event_id
+    )
+    journal = delivery.journal(pool)
+    found, status, error, resolution = (
+        await _looked_up(event, last, delivery),
+        "accepted",
+        "",
+        "lookup",
+    )
+    if found is None:
+        receipt = await delivery.waiter.wait(pool, last["key"], delivery.receipt_wait_s)
+        if receipt is not None:
+            found, status, error = (
+                receipt["provider_message_id"],
+                receipt["status"],
+                receipt["error"],
+            )
+            resolution = "receipt"
+    if found is not None:
+        INTERRUPTED.labels(provider, resolution).inc()
+        if status == "failed":
+            await journal.finish(Finish(last["key"], "undelivered", found, error or "failed"))
+            return await send_part(event, pool, delivery, after=(last["channel"], provider))
         log.warning(
-            "%s part %d: an attempt on %s was interrupted; sending again",
+            "%s part %d: an interrupted attempt on %s went out (%s); not sending it again",
             event.order_key,
             event.part,
-            last["provider"],
+            provider,
+            resolution,
         )
-        last = None
-    return await send_part(event, pool, delivery, resume_from=last)
+        outcome = Outcome(event, channel=last["channel"], provider=provider, to=last["recipient"])
+        outcome.provider_message_id, outcome.accepted_at = found, last["started_at"]
+        outcome.attempt_key = last["key"]
+        return await _close(outcome, journal)
+    INTERRUPTED.labels(provider, "sent_again").inc()
+    await journal.finish(
+        Finish(last["key"], "unknown", None, "interrupted; no receipt came within the wait")
+    )
+    log.warning(
+        "%s part %d: an attempt on %s was interrupted and no receipt came; sending again",
+        event.order_key,
+        event.part,
+        provider,
+    )
+    return await send_part(event, pool, delivery)
+
+
+async def _looked_up(
+    event: CodeAllocated, attempt: asyncpg.Record, delivery: Delivery
+) -> str | None:
+    """The provider's message id of an interrupted attempt, from a provider that can list what
+    it sent (Twilio: by recipient and day, matched on the text); None elsewhere."""
+    provider = next(
+        (p for ps in delivery.providers.values() for p in ps if p.name == attempt["provider"]),
+        None,
+    )
+    lookup = getattr(provider, "lookup", None)
+    if lookup is None:
+        return None
+    store = delivery.stores.get(event.store_id)
+    try:
+        content = messages.content(event, delivery.cipher, store)
+    except CodeDecryptError:
+        return None
+    message = messages.outbound(
+        content, attempt["channel"], attempt["recipient"], "", store, delivery.whatsapp_template
+    )
+    try:
+        found: str | None = await lookup(message, attempt["started_at"])
+    except ProviderError as exc:
+        log.warning("looking up an interrupted attempt failed: %s", exc)
+        return None
+    return found
 
 
 async def send_part(
@@ -361,14 +436,19 @@ async def _attempt(
     async with delivery.concurrency:
         if limiter is not None:
             await limiter.acquire()
-        if purpose == "delivery" and delivery.is_revoked(event):
+        # a resend's retries stop on a revocation too (resend.py catches Revoked)
+        if delivery.is_revoked(event):
             raise Revoked()
         begun = Begin(event.event_id, key, route.channel, provider.name, route.to, purpose)
         if not await journal.begin(begun):
             raise Revoked()
         outcome.attempts += 1
         try:
-            mid = await provider.send(dataclasses.replace(message, key=key))
+            mid = await provider.send(
+                dataclasses.replace(
+                    message, key=key, reference=attempt_reference(key, event.order_key)
+                )
+            )
         except ProviderError as exc:
             ATTEMPTS.labels(provider.name, exc.kind).inc()
             if exc.kind in ("unavailable", "rejected"):

@@ -93,6 +93,9 @@ class Close:
     attempt_key: str | None = None  # the accepted attempt, recorded here rather than by finish
 
 
+JOURNAL_RETRY: tuple[type[BaseException], ...] = (OSError, *RETRIABLE_DB_ERRORS)
+
+
 def persistently(
     write: Callable[[list[T]], Awaitable[list[R]]], within_s: float = 120.0
 ) -> Callable[[list[T]], Awaitable[list[R]]]:
@@ -100,7 +103,9 @@ def persistently(
 
     What a provider answered has already happened: if recording it failed, the batch would be
     retried and the buyer messaged a second time. So the record is retried instead, for as
-    long as a database restart or fail-over reasonably takes."""
+    long as a database restart or fail-over reasonably takes. While the server is down a new
+    connection is refused (an OSError, not an asyncpg error): that is retried too, or the part
+    is left 'sending' and resumed, and WhatsApp's buyer got the message twice."""
 
     async def retried(items: list[T]) -> list[R]:
         clock = asyncio.get_running_loop().time
@@ -108,7 +113,7 @@ def persistently(
         while True:
             try:
                 return await write(items)
-            except RETRIABLE_DB_ERRORS as exc:
+            except JOURNAL_RETRY as exc:
                 if clock() + pause > deadline:
                     raise
                 log.warning("journal write failed, retrying in %.1fs: %r", pause, exc)
@@ -125,8 +130,6 @@ class Journal:
         # finishes and closes record what a provider already did: they must not be lost
         self.finishes: Coalescer[Finish, None] = Coalescer(persistently(self._finish))
         self.closes: Coalescer[Close, bool] = Coalescer(persistently(self._close))
-        # every message gets a "delivered" receipt: one statement per round trip, not each
-        self.receipts: Coalescer[tuple[str, str], bool] = Coalescer(self._delivered)
 
     async def begin(self, item: Begin) -> bool:
         """Record an attempt as 'sending'; False when the delivery is no longer open (revoked)."""
@@ -138,36 +141,6 @@ class Journal:
     async def close(self, item: Close) -> bool:
         """Record the part's outcome; False when it was already closed (e.g. revoked)."""
         return await self.closes.submit(item)
-
-    async def delivered(self, provider: str, message_id: str) -> bool:
-        """Apply a "delivered" receipt; False when it matches no message of ours."""
-        return await self.receipts.submit((provider, message_id))
-
-    async def _delivered(self, items: list[tuple[str, str]]) -> list[bool]:
-        rows = await self.pool.fetch(
-            """
-            WITH t AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(p, m)),
-            a AS (
-                UPDATE attempts SET status = 'delivered'
-                FROM t
-                WHERE attempts.provider = t.p AND attempts.provider_message_id = t.m
-                  AND attempts.status IN ('accepted', 'delivered')
-                RETURNING attempts.provider, attempts.provider_message_id,
-                          attempts.allocation_event_id, attempts.purpose
-            ), d AS (
-                UPDATE deliveries d SET status = 'delivered', updated_at = now()
-                FROM a
-                WHERE d.allocation_event_id = a.allocation_event_id AND a.purpose = 'delivery'
-                  AND d.provider_message_id = a.provider_message_id AND d.status = 'accepted'
-                RETURNING 1
-            )
-            SELECT provider, provider_message_id FROM a
-            """,
-            [p for p, _ in items],
-            [m for _, m in items],
-        )
-        matched = {(r["provider"], r["provider_message_id"]) for r in rows}
-        return [item in matched for item in items]
 
     async def _begin(self, items: list[Begin]) -> list[bool]:
         rows = await self.pool.fetch(

@@ -16,15 +16,17 @@ from typing import get_args
 import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiolimiter import AsyncLimiter
 
-from services.notifier import admin, receipts
+from services.notifier import admin, receipts, recovery
 from services.notifier.breaker import TRANSITIONS, CircuitBreaker, State
 from services.notifier.email import SesEmail
 from services.notifier.handlers import ATTEMPTS, DELIVERY_SECONDS, Delivery, deliver, resume, revoke
 from services.notifier.journal import Coalescer
 from services.notifier.policy import StoreDirectory
 from services.notifier.providers import Failure, Provider
+from services.notifier.resend import ResendLimits
 from services.notifier.settings import NotifierSettings
 from services.notifier.sms import Twilio, Unifonic
 from services.notifier.whatsapp import WhatsAppCloud
@@ -32,19 +34,20 @@ from shared import kafka_clients, metrics, runtime
 from shared.admin_auth import admin_guard
 from shared.codecrypt import CodeCipher
 from shared.db import RETRIABLE_DB_ERRORS, connect_and_migrate, ping
-from shared.events import CodeAllocated, CodeRevoked, Event, MessageFailed, MessageSent
+from shared.events import (
+    CodeAllocated,
+    CodeRevoked,
+    DeliveryReceipt,
+    Event,
+    MessageFailed,
+    MessageSent,
+)
 from shared.kafka import ConsumerLoop, publish
 
 SQL = Path(__file__).parent / "sql"
 SERVICE = "notifier"
 RETRY_SWEEP: tuple[type[BaseException], ...] = (OSError, *RETRIABLE_DB_ERRORS)
 log = logging.getLogger(__name__)
-
-
-def public_url(settings: NotifierSettings) -> str:
-    return (
-        settings.notifier_public_url or f"http://{settings.admin_host}:{settings.admin_port}"
-    ).rstrip("/")
 
 
 def build_providers(
@@ -79,7 +82,7 @@ def build_providers(
                 settings.twilio_account_sid,
                 settings.twilio_auth_token.get_secret_value(),
                 settings.twilio_from,
-                status_callback=f"{public_url(settings)}/webhooks/twilio",
+                status_callback=f"{settings.gateway_public_url.rstrip('/')}/webhooks/twilio",
             )
         )
     if settings.ses_access_key:
@@ -91,6 +94,7 @@ def build_providers(
                 settings.ses_access_key,
                 settings.ses_secret_key.get_secret_value(),
                 settings.ses_region,
+                settings.ses_configuration_set,
             )
         )
     return {channel: providers for channel, providers in found.items() if providers}
@@ -101,7 +105,8 @@ class KafkaClients(kafka_clients.ClientSet):
     """Every Kafka client the notifier makes, built (not started) in one place."""
 
     producer: AIOKafkaProducer
-    consumer: AIOKafkaConsumer  # code.allocated and code.revoked, in the notifier's group
+    # code.allocated, code.revoked and delivery.receipt, in the notifier's group
+    consumer: AIOKafkaConsumer
     store_config: AIOKafkaConsumer  # every replica reads every store's settings
 
 
@@ -109,7 +114,14 @@ def kafka(settings: NotifierSettings) -> KafkaClients:
     return KafkaClients(
         producer=kafka_clients.producer(settings),
         consumer=kafka_clients.group_consumer(
-            settings, CodeAllocated.topic, CodeRevoked.topic, group_id=settings.consumer_group
+            settings,
+            CodeAllocated.topic,
+            CodeRevoked.topic,
+            DeliveryReceipt.topic,
+            group_id=settings.consumer_group,
+            # co-partitioned: a part's receipts (keyed by its order key, like its allocation)
+            # land on the member that sent it, so the resume waiting for one is woken at once
+            partition_assignment_strategy=(RangePartitionAssignor,),
         ),
         store_config=kafka_clients.reader(settings, fetch_max_wait_ms=200),
     )
@@ -149,6 +161,7 @@ def build_delivery(
         attempts_per_provider=settings.attempts_per_provider,
         hold_s=settings.batch_hold_s,
         resume_after_s=settings.resume_after_s,
+        receipt_wait_s=settings.receipt_wait_s,
     )
 
 
@@ -156,7 +169,9 @@ def init_series(delivery: Delivery) -> None:
     """The series of every configured channel and provider at zero from the start, so the
     delivery SLO's and the circuits' queries have a series before the first message (each
     provider's circuit gauge is set to 0 by its breaker, built with the delivery)."""
-    metrics.init_consumer_series(SERVICE, [CodeAllocated.topic, CodeRevoked.topic])
+    metrics.init_consumer_series(
+        SERVICE, [CodeAllocated.topic, CodeRevoked.topic, DeliveryReceipt.topic]
+    )
     metrics.init_published_series(SERVICE, [MessageSent.topic, MessageFailed.topic])
     for channel, providers in delivery.providers.items():
         DELIVERY_SECONDS.labels(channel)
@@ -168,6 +183,9 @@ def init_series(delivery: Delivery) -> None:
                 TRANSITIONS.labels(provider.name, state.name.lower())
             for status in get_args(receipts.Status):
                 receipts.RECEIPTS.labels(provider.name, status)
+            receipts.ACCEPTED_TO_DELIVERED.labels(provider.name)
+            for resolution in recovery.RESOLUTIONS:
+                recovery.INTERRUPTED.labels(provider.name, resolution)
 
 
 async def sweep(pool: asyncpg.Pool, delivery: Delivery, older_than_s: float) -> int:
@@ -234,12 +252,19 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         async def on_revoked(batch: Sequence[CodeRevoked]) -> None:
             await revoke(batch, pool, delivery)
 
+        async def on_receipts(batch: Sequence[DeliveryReceipt]) -> None:
+            await receipts.apply(batch, pool, delivery)
+
         loop = ConsumerLoop(
             service=SERVICE,
             consumer=clients.consumer,
             producer=producer,
             retriable=RETRIABLE_DB_ERRORS,
-            handlers={CodeAllocated.topic: on_allocated, CodeRevoked.topic: on_revoked},
+            handlers={
+                CodeAllocated.topic: on_allocated,
+                CodeRevoked.topic: on_revoked,
+                DeliveryReceipt.topic: on_receipts,
+            },
         )
         stopping = asyncio.Event()
 
@@ -250,6 +275,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
                 if not stopping.is_set():
                     try:
                         await sweep(pool, delivery, settings.resume_after_s)
+                        await receipts.reapply(pool, delivery)
                     except RETRY_SWEEP as exc:
                         log.warning("resume sweep failed: %r", exc)
 
@@ -260,21 +286,14 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         # without every store's settings a message would go out on the default channels
         rt.add_check("store-config", lambda: stores.ready)
         rt.add_check("database", lambda: ping(pool))
-        rt.app.middlewares.append(admin_guard(settings.notifier_admin_token.get_secret_value()))
-        rt.app.add_routes(admin.routes(pool, delivery, publish_events))
-        rt.app.add_routes(
-            receipts.routes(
-                pool,
-                delivery,
-                receipts.ReceiptSecrets(
-                    whatsapp_app_secret=settings.whatsapp_app_secret.get_secret_value(),
-                    whatsapp_verify_token=settings.whatsapp_verify_token.get_secret_value(),
-                    twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
-                    twilio_callback_url=f"{public_url(settings)}/webhooks/twilio",
-                    unifonic_token=settings.unifonic_receipt_token.get_secret_value(),
-                ),
-            )
+        rt.app.middlewares.append(
+            admin_guard(SERVICE, settings.notifier_admin_tokens.get_secret_value())
         )
+        limits = ResendLimits(
+            per_order=settings.resend_per_order_per_hour,
+            per_caller=settings.resend_per_caller_per_hour,
+        )
+        rt.app.add_routes(admin.routes(pool, delivery, publish_events, limits))
         yield
     finally:
         await drain(delivery, settings.shutdown_grace_s)

@@ -4,11 +4,18 @@ Codes are opened here, put into one `Outbound`, and live only as long as that me
 Store templates (`StoreConfig.templates`) are looked up by name: `sms.ar`, `email.en`, … then by
 locale alone (`ar`, `en`); `subject.<locale>` is the email subject; `whatsapp` names an approved
 WhatsApp template. Placeholders: {store}, {product}, {codes}, {instructions}.
+
+A template is filled in one pass: what is put in is never read again as a template, so a
+product titled `{codes}` shows those seven characters, never a code. Titles and store names are
+the store's data: their bidi and control characters are removed first, so none can reorder or
+hide the text around the code on the buyer's screen.
 """
 
 from __future__ import annotations
 
 import html
+import string
+import unicodedata
 from dataclasses import dataclass, field
 
 from services.notifier.providers import Outbound
@@ -29,6 +36,39 @@ INSTRUCTIONS = {
     "ar": "استخدمه في المتجر أو التطبيق المخصص له، ولا تشاركه مع أي أحد.",
 }
 DEFAULT_WHATSAPP_TEMPLATE = "tasleem_code_delivery"
+PLACEHOLDERS = ("store", "product", "codes", "instructions")
+# explicit embeddings, overrides, isolates and marks (Unicode's Bidi_Control characters)
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+_PLACEHOLDER = (
+    r"(?P<escaped>(?!x)x)|\{(?P<named>" + "|".join(PLACEHOLDERS) + r")\}"
+    r"|(?P<braced>(?!x)x)|(?P<invalid>(?!x)x)"
+)
+
+
+class _Template(string.Template):
+    """`{name}` placeholders, substituted once by `string.Template` (no `$`, no format spec,
+    no attribute lookup: a store's template is data, never code); anything else is text."""
+
+    delimiter = "{"
+    # a string here, which string.Template compiles; its four groups must exist, three of them
+    # never match: no escapes, no `{` left as an error, only the four names
+    pattern = _PLACEHOLDER  # type: ignore[assignment]
+
+
+def plain(text: str, *, newlines: bool = False) -> str:
+    """`text` without bidi controls, control characters (Cc), line or paragraph separators;
+    with `newlines`, line breaks stay (a store's instructions may have several lines)."""
+    kept = (
+        ch
+        for ch in text
+        if ch not in BIDI_CONTROLS
+        and ((newlines and ch == "\n") or unicodedata.category(ch) not in ("Cc", "Zl", "Zp"))
+    )
+    return "".join(kept).strip()
 
 
 @dataclass(frozen=True)
@@ -48,12 +88,14 @@ class Content:
 def content(event: CodeAllocated, cipher: CodeCipher, store: StoreConfig | None) -> Content:
     """Open the part's codes (CodeDecryptError when they do not open for their sku)."""
     locale = event.customer.locale
-    titles = {line.sku: line.title or line.sku for line in event.lines}
+    titles = {line.sku: plain(line.title or "") or line.sku for line in event.lines}
     products = list(dict.fromkeys(titles.get(c.sku, c.sku) for c in event.codes))
     codes = [cipher.open(SealedCode.from_text(c.sealed), c.sku) for c in event.codes]
-    instructions = (store.instructions.get(locale) if store else None) or INSTRUCTIONS[locale]
+    instructions = plain(
+        (store.instructions.get(locale) if store else None) or INSTRUCTIONS[locale], newlines=True
+    )
     return Content(
-        store=event.store_name or (store.name if store else "") or event.store_id,
+        store=plain(event.store_name or (store.name if store else "")) or event.store_id,
         product=("، " if locale == "ar" else ", ").join(products),
         locale=locale,
         codes=codes,
@@ -70,16 +112,14 @@ def whatsapp_params(c: Content) -> list[str]:
     return [c.store, c.product, c.codes_text()]
 
 
-def _fill(template: str, c: Content) -> str:
-    # plain replacement, not str.format: a store's template is data, never code
-    for name, value in (
-        ("{store}", c.store),
-        ("{product}", c.product),
-        ("{instructions}", c.instructions),
-        ("{codes}", c.codes_text()),
-    ):
-        template = template.replace(name, value)
-    return template.strip()
+def _fill(template: str, c: Content, *, codes: bool = True) -> str:
+    values = {
+        "store": c.store,
+        "product": c.product,
+        "instructions": c.instructions,
+        "codes": c.codes_text() if codes else "",
+    }
+    return _Template(template).substitute(values).strip()
 
 
 def _template(store: StoreConfig | None, channel: str, locale: str, default: str) -> str:
@@ -97,7 +137,7 @@ def text(c: Content, channel: str, store: StoreConfig | None = None) -> str:
 def subject(c: Content, store: StoreConfig | None = None) -> str:
     templates = store.templates if store else {}
     chosen = templates.get(f"subject.{c.locale}") or SUBJECT[c.locale]
-    return _fill(chosen.replace("{codes}", ""), c)  # a code never goes in a subject line
+    return _fill(chosen, c, codes=False)  # a code never goes in a subject line
 
 
 def html_body(c: Content, store: StoreConfig | None = None) -> str:

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from services.notifier.providers import Provider
-from shared.events import CodeAllocated, StoreConfig
+from shared.events import CodeAllocated, StoreConfig, UnsupportedVersion
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,11 @@ class StoreDirectory:
         if value is None:  # a tombstone: the store is gone, its defaults apply
             return
         try:
-            self.apply(StoreConfig.model_validate_json(value))
+            self.apply(StoreConfig.from_kafka(value))
         except ValidationError as exc:
             log.warning("ignoring an invalid store.config record: %d errors", exc.error_count())
+        except UnsupportedVersion as exc:
+            log.warning("ignoring a store.config record: %s", exc)
 
 
 def routes(

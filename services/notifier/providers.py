@@ -42,6 +42,9 @@ class Outbound:
     to: str  # E.164 phone or an email address
     locale: str
     key: str  # our idempotency key for this attempt
+    # our attempt key and order key, for the provider to echo in its receipts
+    # (shared.events.attempt_reference)
+    reference: str = ""
     subject: str = field(default="", repr=False)
     text: str = field(default="", repr=False)
     html: str = field(default="", repr=False)

@@ -1,27 +1,25 @@
-"""Delivery receipts: WhatsApp status webhooks, Unifonic DLRs, Twilio status callbacks.
+"""Delivery receipts from `delivery.receipt` (the gateway verified them), applied in batches.
 
-A `failed` receipt for a message a provider had accepted reopens the part and sends it on the
-next channel; `delivered` marks it delivered. Unknown message ids are acknowledged and ignored
-(a receipt may come from before a database restore, or for an operator's resend).
+A `delivered` receipt marks its attempt and part delivered: one statement per batch. A
+`failed` receipt for a message a provider had accepted reopens the part and sends it on the
+next channel. A receipt is matched by our attempt key when the provider echoed it, else by the
+provider's message id, so any replica can apply any receipt. One that matches no accepted
+attempt is kept: it overtook our record of the acceptance (the sweep applies it again), or it
+is the receipt of an attempt a crash left 'sending', which the resume is waiting for
+(recovery.py). Kept receipts are dropped after a day.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal
 
 import asyncpg
-from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from services.notifier.handlers import Delivery, send_part
-from shared.events import CodeAllocated
+from shared.events import CodeAllocated, DeliveryReceipt, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -30,35 +28,105 @@ RECEIPTS = Counter(
     "Delivery receipts, by provider and status",
     ["provider", "status"],
 )
+ACCEPTED_TO_DELIVERED = Histogram(
+    "tasleem_notifier_accepted_to_delivered_seconds",
+    "From a provider accepting a message to its delivered receipt reaching the notifier",
+    ["provider"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600),
+)
 
-Status = Literal["delivered", "failed"]
+Status = Literal["accepted", "delivered", "failed"]
+KEPT_FOR = "1 day"
 
 
-async def on_receipt(
-    pool: asyncpg.Pool,
-    delivery: Delivery,
-    provider: str,
-    message_id: str,
-    status: Status,
-    error: str,
-) -> bool:
-    """Apply one receipt; True when it matched a message we sent."""
-    RECEIPTS.labels(provider, status).inc()
-    if status == "delivered":
-        # the common case: gathered with other receipts into one statement
-        return await delivery.journal(pool).delivered(provider, message_id)
-    await _settled(pool, provider, message_id)
+async def apply(
+    batch: Sequence[DeliveryReceipt], pool: asyncpg.Pool, delivery: Delivery, *, fresh: bool = True
+) -> set[str]:
+    """Apply receipts; returns the event ids that matched an attempt. Unmatched ones are kept
+    (`fresh`: they came from Kafka, not from the table)."""
+    batch = list({r.event_id: r for r in batch}.values())
+    if fresh:
+        for r in batch:
+            RECEIPTS.labels(r.provider, r.status).inc()
+    matched = await _apply_settled(pool, [r for r in batch if r.status != "failed"])
+    for r in batch:
+        if r.status == "failed" and await _apply_failed(pool, delivery, r):
+            matched.add(r.event_id)
+    unmatched = [r for r in batch if r.event_id not in matched]
+    if fresh and unmatched:
+        await _keep(pool, unmatched)
+        if any(r.attempt_key for r in unmatched):
+            delivery.waiter.poke()
+    if not fresh and matched:
+        await pool.execute("DELETE FROM receipts WHERE event_id = ANY($1::text[])", list(matched))
+    return matched
+
+
+async def _apply_settled(pool: asyncpg.Pool, batch: list[DeliveryReceipt]) -> set[str]:
+    """`delivered` and `accepted` receipts, in one statement: by attempt key, else by message id.
+    An attempt resolved as 'unknown' (sent again after the wait) is marked delivered too: the
+    first message did arrive, and the record says so."""
+    if not batch:
+        return set()
+    rows = await pool.fetch(
+        """
+        WITH t AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                AS t(event_id, provider, mid, key, status)
+        ), hit AS (
+            SELECT t.event_id, t.status, t.mid, a.key FROM t JOIN attempts a ON a.key = t.key
+            WHERE t.key IS NOT NULL AND a.status IN ('accepted', 'delivered', 'unknown')
+            UNION ALL
+            SELECT t.event_id, t.status, t.mid, a.key FROM t
+            JOIN attempts a ON a.provider = t.provider AND a.provider_message_id = t.mid
+            WHERE t.key IS NULL AND a.status IN ('accepted', 'delivered', 'unknown')
+        ), up AS (
+            UPDATE attempts a SET status = 'delivered',
+                provider_message_id = COALESCE(a.provider_message_id, hit.mid)
+            FROM hit WHERE a.key = hit.key AND hit.status = 'delivered'
+            RETURNING a.allocation_event_id, a.purpose, a.provider, a.provider_message_id
+        ), d AS (
+            UPDATE deliveries d SET status = 'delivered', updated_at = now()
+            FROM up
+            WHERE d.allocation_event_id = up.allocation_event_id AND up.purpose = 'delivery'
+              AND d.provider_message_id = up.provider_message_id AND d.status = 'accepted'
+            RETURNING d.provider, d.accepted_at
+        )
+        SELECT event_id, NULL::text AS provider, NULL::timestamptz AS accepted_at FROM hit
+        UNION ALL
+        SELECT NULL, provider, accepted_at FROM d
+        """,
+        [r.event_id for r in batch],
+        [r.provider for r in batch],
+        [r.provider_message_id for r in batch],
+        [r.attempt_key for r in batch],
+        [r.status for r in batch],
+    )
+    now = utcnow()
+    for row in rows:
+        if row["accepted_at"] is not None:
+            ACCEPTED_TO_DELIVERED.labels(row["provider"]).observe(
+                max((now - row["accepted_at"]).total_seconds(), 0.0)
+            )
+    return {row["event_id"] for row in rows if row["event_id"] is not None}
+
+
+async def _apply_failed(pool: asyncpg.Pool, delivery: Delivery, r: DeliveryReceipt) -> bool:
+    """Accepted, then reported failed: the part goes on to the next channel. (Rare: one at a
+    time.)"""
     async with pool.acquire() as conn, conn.transaction():
         attempt = await conn.fetchrow(
             """
-            UPDATE attempts SET status = 'undelivered', error = COALESCE(NULLIF($3, ''), error)
-            WHERE provider = $1 AND provider_message_id = $2
+            UPDATE attempts SET status = 'undelivered', error = COALESCE(NULLIF($4, ''), error),
+                provider_message_id = COALESCE(provider_message_id, $2)
+            WHERE ((key = $3) OR ($3 IS NULL AND provider = $1 AND provider_message_id = $2))
               AND status IN ('accepted', 'delivered')
-            RETURNING allocation_event_id, channel, purpose
+            RETURNING allocation_event_id, channel, purpose, provider_message_id
             """,
-            provider,
-            message_id,
-            error,
+            r.provider,
+            r.provider_message_id,
+            r.attempt_key,
+            r.error,
         )
         if attempt is None or attempt["purpose"] != "delivery":
             return attempt is not None
@@ -71,8 +139,8 @@ async def on_receipt(
             RETURNING event
             """,
             attempt["allocation_event_id"],
-            message_id,
-            f"{provider}: accepted, then reported failed ({error or 'no reason given'})",
+            attempt["provider_message_id"],
+            f"{r.provider}: accepted, then reported failed ({r.error or 'no reason given'})",
         )
     if reopened is not None and reopened["event"] is not None:
         event = CodeAllocated.model_validate_json(reopened["event"])
@@ -80,144 +148,57 @@ async def on_receipt(
             "%s part %d: %s reported the message failed; trying the next channel",
             event.order_key,
             event.part,
-            provider,
+            r.provider,
         )
         task = delivery.start(
-            send_part(event, pool, delivery, after=(attempt["channel"], provider)), event.event_id
+            send_part(event, pool, delivery, after=(attempt["channel"], r.provider)),
+            event.event_id,
         )
         delivery.publish_later(task)
     return True
 
 
-async def _settled(pool: asyncpg.Pool, provider: str, message_id: str) -> None:
-    """A receipt can overtake our own record of the acceptance: wait (briefly) until the
-    attempt carries this message id and its part is closed, so a failure is not lost."""
-    for pause in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6):
-        state = await pool.fetchval(
-            """
-            SELECT d.status FROM attempts a JOIN deliveries d USING (allocation_event_id)
-            WHERE a.provider = $1 AND a.provider_message_id = $2
-            """,
-            provider,
-            message_id,
+async def _keep(pool: asyncpg.Pool, batch: list[DeliveryReceipt]) -> None:
+    await pool.execute(
+        """
+        INSERT INTO receipts (event_id, provider, provider_message_id, attempt_key, status,
+                              error, received_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::timestamptz[])
+        ON CONFLICT DO NOTHING
+        """,
+        [r.event_id for r in batch],
+        [r.provider for r in batch],
+        [r.provider_message_id for r in batch],
+        [r.attempt_key for r in batch],
+        [r.status for r in batch],
+        [r.error for r in batch],
+        [r.received_at for r in batch],
+    )
+
+
+async def reapply(pool: asyncpg.Pool, delivery: Delivery) -> int:
+    """The sweep's part: apply kept receipts again (their attempt may be recorded by now), and
+    drop those older than a day. Returns how many matched."""
+    await pool.execute(f"DELETE FROM receipts WHERE received_at < now() - interval '{KEPT_FOR}'")
+    rows = await pool.fetch(
+        """
+        SELECT r.* FROM receipts r
+        WHERE NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.attempt_key
+                          AND a.status = 'sending')
+        ORDER BY received_at LIMIT 1000
+        """
+    )
+    kept = [
+        DeliveryReceipt(
+            event_id=row["event_id"],
+            provider=row["provider"],
+            provider_message_id=row["provider_message_id"],
+            status=row["status"],
+            error=row["error"],
+            attempt_key=row["attempt_key"],
+            received_at=row["received_at"],
         )
-        if state is not None and state not in ("pending", "sending"):
-            return
-        await asyncio.sleep(pause)
-
-
-@dataclass(frozen=True)
-class ReceiptSecrets:
-    whatsapp_app_secret: str
-    whatsapp_verify_token: str
-    twilio_auth_token: str
-    twilio_callback_url: str  # exactly as given to Twilio: it is part of the signature
-    unifonic_token: str  # Unifonic does not sign DLRs: a secret in the DLR URL's query
-
-
-def whatsapp_signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
-    signed = url + "".join(k + params[k] for k in sorted(params))
-    return base64.b64encode(
-        hmac.new(auth_token.encode(), signed.encode(), hashlib.sha1).digest()
-    ).decode()
-
-
-def _error(status: int, error: str, detail: str) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status)
-
-
-def routes(pool: asyncpg.Pool, delivery: Delivery, secrets: ReceiptSecrets) -> list[web.RouteDef]:
-    async def apply(provider: str, mid: str, status: Status, error: str) -> bool:
-        return await on_receipt(pool, delivery, provider, mid, status, error)
-
-    async def whatsapp_verify(request: web.Request) -> web.Response:
-        query = request.query
-        if (
-            query.get("hub.mode") == "subscribe"
-            and hmac.compare_digest(
-                query.get("hub.verify_token", "").encode(), secrets.whatsapp_verify_token.encode()
-            )
-            and secrets.whatsapp_verify_token
-        ):
-            return web.Response(text=query.get("hub.challenge", ""))
-        return _error(403, "forbidden", "verify token does not match")
-
-    async def whatsapp_status(request: web.Request) -> web.Response:
-        body = await request.read()
-        offered = request.headers.get("X-Hub-Signature-256", "")
-        if not secrets.whatsapp_app_secret or not hmac.compare_digest(
-            offered.encode(), whatsapp_signature(secrets.whatsapp_app_secret, body).encode()
-        ):
-            return _error(401, "bad_signature", "X-Hub-Signature-256 does not match the body")
-        try:
-            payload = json.loads(body)
-            statuses = [
-                s
-                for entry in payload.get("entry", [])
-                for change in entry.get("changes", [])
-                for s in change.get("value", {}).get("statuses", [])
-            ]
-        except (ValueError, AttributeError, TypeError):
-            return _error(400, "invalid_payload", "not a WhatsApp webhook payload")
-        for s in statuses:
-            if not isinstance(s, dict) or "id" not in s:
-                continue
-            if s.get("status") == "failed":
-                errors = s.get("errors") or [{}]
-                reason = f"{errors[0].get('code', '')} {errors[0].get('title', '')}".strip()
-                await apply("whatsapp", str(s["id"]), "failed", reason)
-            elif s.get("status") in ("delivered", "read"):
-                await apply("whatsapp", str(s["id"]), "delivered", "")
-        return web.json_response({"ok": True})
-
-    async def unifonic_dlr(request: web.Request) -> web.Response:
-        if not secrets.unifonic_token or not hmac.compare_digest(
-            request.query.get("token", "").encode(), secrets.unifonic_token.encode()
-        ):
-            return _error(401, "unauthorized", "the DLR URL's token does not match")
-        form = await _fields(request)
-        mid, dlr = form.get("MessageID", ""), form.get("DLR", form.get("Status", ""))
-        if not mid:
-            return _error(400, "invalid_payload", "MessageID is required")
-        if dlr.lower() in ("delivered",):
-            await apply("unifonic", mid, "delivered", "")
-        elif dlr.lower() in ("undeliverable", "failed", "rejected", "expired"):
-            await apply("unifonic", mid, "failed", dlr)
-        return web.json_response({"ok": True})
-
-    async def twilio_status(request: web.Request) -> web.Response:
-        form = await _fields(request)
-        offered = request.headers.get("X-Twilio-Signature", "")
-        expected = twilio_signature(secrets.twilio_auth_token, secrets.twilio_callback_url, form)
-        if not secrets.twilio_auth_token or not hmac.compare_digest(
-            offered.encode(), expected.encode()
-        ):
-            return _error(401, "bad_signature", "X-Twilio-Signature does not match")
-        sid, status = form.get("MessageSid", ""), form.get("MessageStatus", "")
-        if status == "delivered":
-            await apply("twilio", sid, "delivered", "")
-        elif status in ("failed", "undelivered"):
-            await apply("twilio", sid, "failed", form.get("ErrorCode", ""))
-        return web.json_response({"ok": True})
-
-    return [
-        web.get("/webhooks/whatsapp", whatsapp_verify),
-        web.post("/webhooks/whatsapp", whatsapp_status),
-        web.post("/webhooks/unifonic", unifonic_dlr),
-        web.post("/webhooks/twilio", twilio_status),
+        for row in rows
     ]
-
-
-async def _fields(request: web.Request) -> dict[str, str]:
-    if request.content_type == "application/json":
-        try:
-            payload = await request.json()
-        except ValueError:
-            return {}
-        return {k: str(v) for k, v in payload.items()} if isinstance(payload, dict) else {}
-    form = await request.post()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    return len(await apply(kept, pool, delivery, fresh=False)) if kept else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ from services.notifier.providers import (
     ProviderError,
     transport_error,
 )
+from shared.events import reference_token
 
 UNIFONIC_RECIPIENT = {"ER-02", "ER-05"}  # invalid number, no route to it
 TWILIO_RECIPIENT = {21211, 21610, 21614, 30003, 30005, 30006}  # invalid, unsubscribed, unreachable
@@ -66,6 +68,14 @@ class Unifonic:
         raise ProviderError(self.name, code, str(payload.get("message", "")), kind)
 
 
+def status_callback(base: str, reference: str) -> str:
+    """The callback URL for one message: our reference in its query, base64url so that no
+    requoting changes the URL Twilio signs, and connection overrides asking Twilio to retry a
+    failed callback."""
+    query = f"?ref={reference_token(reference)}" if reference else ""
+    return f"{base}{query}#rc=5&rp=all"
+
+
 class Twilio:
     channel = "sms"
     name = "twilio"
@@ -88,7 +98,7 @@ class Twilio:
     async def send(self, message: Outbound) -> str:
         form = {"To": message.to, "From": self.sender, "Body": message.text}
         if self.status_callback:
-            form["StatusCallback"] = self.status_callback
+            form["StatusCallback"] = status_callback(self.status_callback, message.reference)
         try:
             async with self.session.post(self.url, data=form, headers=self.headers) as resp:
                 payload: Any = await resp.json(content_type=None)
@@ -106,3 +116,24 @@ class Twilio:
             kind = "recipient" if code in TWILIO_RECIPIENT else "rejected"
         # Twilio's message may quote the number, never the body
         raise ProviderError(self.name, str(code or status), str(payload.get("message", "")), kind)
+
+    async def lookup(self, message: Outbound, since: datetime) -> str | None:
+        """The sid of a message already sent to this recipient with this text since `since`
+        (Twilio has no idempotency key: after a crash, its message list is the record)."""
+        params = {
+            "To": message.to,
+            "DateSent>": since.astimezone(UTC).strftime("%Y-%m-%d"),
+            "PageSize": "100",
+        }
+        try:
+            async with self.session.get(self.url, params=params, headers=self.headers) as resp:
+                payload: Any = await resp.json(content_type=None)
+                status = resp.status
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(self.name, exc) from None
+        if status != 200 or not isinstance(payload, dict):
+            raise ProviderError(self.name, str(status), "message list unavailable", "unavailable")
+        for found in payload.get("messages") or []:
+            if isinstance(found, dict) and found.get("body") == message.text and found.get("sid"):
+                return str(found["sid"])
+        return None

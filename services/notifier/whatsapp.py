@@ -18,6 +18,7 @@ BUSY_CODES = {4, 80007, 130429, 131056}
 UNAVAILABLE_CODES = {1, 2, 131000, 131016, 133004}
 # not on WhatsApp, re-engagement window, user blocked us / experiment, recipient invalid
 RECIPIENT_CODES = {131026, 131047, 131049, 131050, 131030, 131021}
+OPAQUE_MAX = 512  # biz_opaque_callback_data's limit: past it, the attempt key alone
 
 
 def classify(status: int, code: Any) -> Failure:
@@ -48,12 +49,15 @@ class WhatsAppCloud:
 
     async def send(self, message: Outbound) -> str:
         return await self.send_template(
-            message.to, message.template, message.locale, message.params
+            message.to, message.template, message.locale, message.params, message.reference
         )
 
-    async def send_template(self, to: str, template: str, language: str, params: list[str]) -> str:
-        """Send a template message; returns the `wamid` (accepted, not yet delivered)."""
-        body = {
+    async def send_template(
+        self, to: str, template: str, language: str, params: list[str], reference: str = ""
+    ) -> str:
+        """Send a template message; returns the `wamid` (accepted, not yet delivered).
+        `reference` comes back in its status webhooks as `biz_opaque_callback_data`."""
+        body: dict[str, Any] = {
             "messaging_product": "whatsapp",
             "to": to.lstrip("+"),
             "type": "template",
@@ -65,6 +69,9 @@ class WhatsAppCloud:
                 ],
             },
         }
+        if reference:
+            fits = len(reference) <= OPAQUE_MAX
+            body["biz_opaque_callback_data"] = reference if fits else reference.split(".")[0]
         try:
             async with self.session.post(self.url, json=body, headers=self.headers) as resp:
                 payload = await resp.json(content_type=None)

@@ -1,11 +1,13 @@
 """The restocker: a faust-streaming app over `inventory.level` that buys before stock runs out.
 
-Per-sku state (stock, sales rate, the purchase in flight, spend) lives in the faust table
-`skus`, backed by its changelog topic and restored after a restart. The agent only folds levels
-into the table and decides; purchases run in per-sku tasks (purchasing.py), so a slow supplier
-never stalls the stream. The table is keyed by the sku's bytes and partitioned like
-`inventory.level` (the producer's default partitioner on the same key), which is what lets the
-purchase tasks and the sweep timer write to it outside the stream.
+State per stock (an account's sku: its stock, sales rate, the purchase in flight, spend) lives
+in the faust table `skus`, backed by its changelog topic and restored after a restart. The
+agent only folds levels into the table and decides; purchases run in per-stock tasks
+(purchasing.py), so a slow supplier never stalls the stream. The table is keyed by the same
+bytes as `inventory.level` (`Stock.key()`: account and sku) and partitioned like it (the
+producer's default partitioner on the same key), which is what lets the purchase tasks and the
+sweep timer write to it outside the stream. Each account's stock is bought for separately,
+from suppliers whose products map per sku, and its codes go to that account's vault.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -22,7 +24,14 @@ from aiohttp import web
 from faust.types import TP
 from prometheus_client import Gauge
 
-from services.restocker.policy import Purchase, SkuState, cover_minutes, decide, observe
+from services.restocker.policy import (
+    Purchase,
+    SkuState,
+    cover_minutes,
+    decide,
+    observe,
+    reference_stem,
+)
 from services.restocker.purchasing import (
     CODES_BOUGHT,
     FAILOVERS,
@@ -34,8 +43,16 @@ from services.restocker.purchasing import (
 from services.restocker.settings import RestockerSettings
 from services.restocker.suppliers import Delivery, Reason, Supplier, SupplierSettings, build
 from shared import kafka_clients, metrics, runtime
+from shared.admin_auth import admin_guard
 from shared.codecrypt import CodeCipher
-from shared.events import CodesPurchased, InventoryLevel, dlq_topic, event_id_for, utcnow
+from shared.events import (
+    CodesPurchased,
+    InventoryLevel,
+    Stock,
+    dlq_topic,
+    event_id_for,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +61,31 @@ LAG_INTERVAL_S = 5.0  # how often tasleem_consumer_lag is measured (the others: 
 STOCK_COVER = Gauge(
     "tasleem_restocker_stock_cover_seconds",
     "How long the available stock lasts at the current sales rate (+Inf: no sales)",
-    ["sku"],
+    ["account", "sku"],
 )
-SALES_RATE = Gauge("tasleem_restocker_sales_per_minute", "Weighted sales rate", ["sku"])
+SALES_RATE = Gauge("tasleem_restocker_sales_per_minute", "Weighted sales rate", ["account", "sku"])
 
 
 class TableLedger:
-    """The faust table seen as sku -> SkuState."""
+    """The faust table seen as Stock -> SkuState, keyed by `Stock.key()`."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def get(self, sku: str) -> SkuState:
-        return SkuState.from_dict(self.table.get(sku.encode()))
+    def get(self, stock: Stock) -> SkuState:
+        return SkuState.from_dict(self.table.get(stock.key()))
 
-    def put(self, sku: str, state: SkuState) -> None:
-        self.table[sku.encode()] = state.to_dict()
+    def put(self, stock: Stock, state: SkuState) -> None:
+        self.table[stock.key()] = state.to_dict()
 
-    def skus(self) -> Iterable[str]:
-        return [key.decode() for key in self.table]
+    def stocks(self) -> Iterable[Stock]:
+        found = []
+        for key in self.table:
+            try:
+                found.append(Stock.from_key(key))
+            except ValueError:  # a sku's bare key, from before accounts: no account to buy for
+                continue
+        return found
 
 
 def cover_seconds(state: SkuState) -> float:
@@ -116,16 +139,18 @@ async def export_consumer_lag(consumer: Any, group: str, topic: str, exported: s
 
 
 def stock_report(ledger: Ledger, settings: RestockerSettings, lead: dict[str, float]) -> dict:
-    """What GET /stock shows: per sku its cover in minutes and whether it is `stock.low`."""
+    """What GET /stock shows: per stock (account and sku) its cover in minutes and whether it
+    is `stock.low`."""
     rows = []
-    for sku in sorted(ledger.skus()):
-        state = ledger.get(sku)
+    for stock in sorted(ledger.stocks()):
+        state = ledger.get(stock)
         cover = cover_minutes(state)
-        policy = settings.policy(sku, lead.get(sku, 30.0))
+        policy = settings.policy(stock.sku, lead.get(stock.sku, 30.0))
         purchase = state.purchase
         rows.append(
             {
-                "sku": sku,
+                "account": stock.account,
+                "sku": stock.sku,
                 "state": "stock.low" if state.alert else ("buying" if purchase else "ok"),
                 "alert": state.alert or None,
                 "available": state.available,
@@ -151,7 +176,22 @@ def stock_report(ledger: Ledger, settings: RestockerSettings, lead: dict[str, fl
                 ),
             }
         )
-    return {"skus": rows, "stock_low": [row["sku"] for row in rows if row["alert"]]}
+    low = [f"{row['account']}/{row['sku']}" for row in rows if row["alert"]]
+    return {"skus": rows, "stock_low": low}
+
+
+def add_stock_route(
+    app: web.Application, settings: RestockerSettings, report: Callable[[], dict[str, Any]]
+) -> None:
+    """`GET /stock` behind the restocker's admin tokens: it shows stock, sales rates, suppliers
+    and purchase references, which are nobody else's business."""
+    tokens = settings.restocker_admin_tokens.get_secret_value()
+    app.middlewares.append(admin_guard(SERVICE, tokens, prefixes=("/admin/", "/stock")))
+
+    async def stock(_: web.Request) -> web.Response:
+        return web.json_response(report())
+
+    app.router.add_get("/stock", stock)
 
 
 def create_app(settings: RestockerSettings) -> faust.App:
@@ -199,13 +239,14 @@ def create_app(settings: RestockerSettings) -> faust.App:
     held: dict[str, Any] = {}
     init_series(supplier_settings)
 
-    async def publish(sku: str, supplier: str, purchase: Purchase, delivery: Delivery) -> None:
+    async def publish(stock: Stock, supplier: str, purchase: Purchase, delivery: Delivery) -> None:
         event = CodesPurchased(
             event_id=event_id_for("codes.purchased", purchase.reference),
-            sku=sku,
+            account=stock.account,  # bought for this account: its vault gets them
+            sku=stock.sku,
             supplier=supplier,
             reference=purchase.reference,
-            codes=[cipher.seal(code, sku).to_text() for code in delivery.codes],
+            codes=[cipher.seal(code, stock.sku).to_text() for code in delivery.codes],
             unit_cost=str(delivery.unit_cost) if delivery.unit_cost is not None else None,
             purchased_at=utcnow(),
         )
@@ -220,7 +261,12 @@ def create_app(settings: RestockerSettings) -> faust.App:
             suppliers: list[Supplier] = [build(c, session) for c in supplier_settings]
             held["session"] = session
             held["purchasing"] = Purchasing(
-                ledger, suppliers, publish, settings.limits(), durable=app.producer.flush
+                ledger,
+                suppliers,
+                publish,
+                settings.limits(),
+                durable=app.producer.flush,
+                known_skus=settings.sku_policies,
             )
         return held["purchasing"]
 
@@ -232,7 +278,7 @@ def create_app(settings: RestockerSettings) -> faust.App:
     async def restock(stream: Any) -> None:
         async for key, raw in stream.items():
             try:
-                level = InventoryLevel.model_validate_json(raw)
+                level = InventoryLevel.from_kafka(raw)
             except ValueError as exc:
                 message = stream.current_event.message
                 source = f"{message.topic}/{message.partition}/{message.offset}"
@@ -250,24 +296,56 @@ def create_app(settings: RestockerSettings) -> faust.App:
                 metrics.DEAD_LETTERS.labels(SERVICE, InventoryLevel.topic).inc()
                 metrics.MESSAGES.labels(SERVICE, InventoryLevel.topic, "dead_lettered").inc()
                 continue
+            stock = Stock(level.account, level.sku)
+            if not level.account:
+                # from an allocator before accounts: its stock has no owner to buy for, and
+                # the same stock arrives again with its account
+                metrics.MESSAGES.labels(SERVICE, InventoryLevel.topic, "ok").inc()
+                continue
+            if key != stock.key():
+                # the table row is written under the body's stock, on the key's partition:
+                # a record whose two disagree would land on a partition another worker owns
+                message = stream.current_event.message
+                source = f"{message.topic}/{message.partition}/{message.offset}"
+                reason = "the record key is not the level's Stock.key()"
+                await dead_letters.send(
+                    key=key,
+                    value=raw,
+                    headers=[
+                        ("dlq-reason", reason.encode()),
+                        ("dlq-source", source.encode()),
+                        ("dlq-service", b"restocker"),
+                    ],
+                )
+                log.error("dead-lettered %s: %s", source, reason)
+                metrics.DEAD_LETTERS.labels(SERVICE, InventoryLevel.topic).inc()
+                metrics.MESSAGES.labels(SERVICE, InventoryLevel.topic, "dead_lettered").inc()
+                continue
+            buyer = purchasing()
             policy = settings.policy(level.sku, lead.get(level.sku, 30.0))
-            state = ledger.get(level.sku)
+            state = ledger.get(stock)
             observe(state, level, policy)
-            purchase = decide(state, level.sku, policy, time.time())
-            ledger.put(level.sku, state)  # recorded before any supplier hears of it
-            STOCK_COVER.labels(level.sku).set(cover_seconds(state))
-            SALES_RATE.labels(level.sku).set(state.rate * 60)
+            purchase = None
+            if buyer.known(stock.sku):
+                purchase = decide(state, reference_stem(stock), policy, time.time())
+                STOCK_COVER.labels(*stock).set(cover_seconds(state))
+                SALES_RATE.labels(*stock).set(state.rate * 60)
+            else:
+                # nothing can buy it: alerted in aggregate, with no series or log line of its own
+                buyer.unsellable(stock, state, policy)
+            ledger.put(stock, state)  # recorded before any supplier hears of it
             if purchase is not None:
                 log.info(
-                    "buying %d of %s (ref %s): %d available, %d backordered, %.1f/min",
+                    "buying %d of %s for %s (ref %s): %d available, %d backordered, %.1f/min",
                     purchase.quantity,
-                    level.sku,
+                    stock.sku,
+                    stock.account,
                     purchase.reference,
                     state.available,
                     state.backordered,
                     state.rate * 60,
                 )
-            purchasing().kick(level.sku)
+            buyer.kick(stock)
             metrics.MESSAGES.labels(SERVICE, InventoryLevel.topic, "ok").inc()
 
     @app.timer(interval=settings.sweep_interval_s)
@@ -275,6 +353,7 @@ def create_app(settings: RestockerSettings) -> faust.App:
         # retries that are due, pending orders, and purchases restored after a restart
         if recovered() and app.consumer.assignment():
             purchasing().sweep()
+        purchasing().report_unknown()  # one line for every unsellable stock found short
 
     lag_exported: set[TP] = set()
 
@@ -288,12 +367,8 @@ def create_app(settings: RestockerSettings) -> faust.App:
         rt.add_check("consumer", lambda: bool(app.consumer.assignment()))
         rt.add_check("tables", recovered)
         rt.app.add_routes(runtime.admin_routes(rt))
-
-        async def stock(_: web.Request) -> web.Response:
-            return web.json_response(stock_report(ledger, settings, lead))
-
-        rt.app.router.add_get("/stock", stock)
-        runner = web.AppRunner(rt.app, access_log=None, handle_signals=False)
+        add_stock_route(rt.app, settings, lambda: stock_report(ledger, settings, lead))
+        runner = runtime.runner(rt.app)  # JSON errors, header timeout
         await runner.setup()
         await web.TCPSite(runner, settings.admin_host, settings.admin_port).start()
         held["runner"] = runner

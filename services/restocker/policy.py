@@ -3,19 +3,22 @@
 The sales rate is an exponentially weighted rate over event time (`InventoryLevel.at`), so it
 follows a surge within about one `rate_window_s` and forgets it as quickly. A purchase is in
 flight from the moment it is decided until the vault's cumulative `received_total` shows its
-codes. Its client reference is `{sku}-{expected received_total}`, so resuming it after a crash
-reuses the reference and the supplier cannot charge twice.
+codes. Its client reference is `{stem}-{expected received_total}`, where the stem names the
+stock (`reference_stem`: the sku and a digest of the account), so resuming it after a crash
+reuses the reference and the supplier cannot charge twice, and two accounts buying the same
+sku never share a reference (the supplier would hand one the other's order).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from decimal import Decimal
 
 from pydantic import BaseModel
 
-from shared.events import InventoryLevel
+from shared.events import InventoryLevel, Stock
 
 
 class Purchase(BaseModel):
@@ -95,8 +98,15 @@ def observe(state: SkuState, level: InventoryLevel, policy: Policy) -> None:
         state.purchase = None
 
 
-def decide(state: SkuState, sku: str, policy: Policy, now: float) -> Purchase | None:
-    """A new purchase to make now (also recorded in the state), or None."""
+def reference_stem(stock: Stock) -> str:
+    """The stock's part of a purchase reference: readable (the sku) and unique per account
+    (a digest of the stock's key, whatever characters the account and sku hold)."""
+    return f"{stock.sku}-{hashlib.sha256(stock.key()).hexdigest()[:12]}"
+
+
+def decide(state: SkuState, stem: str, policy: Policy, now: float) -> Purchase | None:
+    """A new purchase to make now (also recorded in the state), or None; `stem` starts its
+    reference (`reference_stem`)."""
     if state.purchase is not None:
         return None  # one purchase in flight per sku: it is resumed, never doubled
     position = state.available - state.backordered
@@ -107,7 +117,7 @@ def decide(state: SkuState, sku: str, policy: Policy, now: float) -> Purchase | 
     quantity = max(min(max(wanted, policy.min_order), policy.max_order), state.backordered)
     expected = state.received_total + quantity
     state.purchase = Purchase(
-        reference=f"{sku}-{expected}",
+        reference=f"{stem}-{expected}",
         quantity=quantity,
         base_total=state.received_total,
         expected_total=expected,
@@ -116,12 +126,13 @@ def decide(state: SkuState, sku: str, policy: Policy, now: float) -> Purchase | 
     return state.purchase
 
 
-def resize(purchase: Purchase, sku: str, quantity: int) -> None:
+def resize(purchase: Purchase, quantity: int) -> None:
     """Buy fewer (to stay under a spend cap); only before any supplier has the order."""
     assert not purchase.sent
+    stem = purchase.reference.rsplit("-", 1)[0]
     purchase.quantity = quantity
     purchase.expected_total = purchase.base_total + quantity
-    purchase.reference = f"{sku}-{purchase.expected_total}"
+    purchase.reference = f"{stem}-{purchase.expected_total}"
 
 
 @dataclass(frozen=True)

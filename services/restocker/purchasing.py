@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from services.restocker.policy import (
     Offer,
+    Policy,
     Purchase,
     SkuState,
     affordable,
@@ -38,6 +39,7 @@ from services.restocker.suppliers import (
     Supplier,
     SupplierError,
 )
+from shared.events import Stock
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,8 @@ FAILOVERS = Counter(
 )
 STOCK_LOW = Gauge(
     "tasleem_restocker_stock_low",
-    "1 while no supplier can restock the sku (alert on this)",
-    ["sku"],
+    "1 while no supplier can restock the account's sku (alert on this)",
+    ["account", "sku"],
 )
 RESTOCK_BLOCKED = Counter(
     "tasleem_restocker_restock_blocked_total",
@@ -62,17 +64,18 @@ RESTOCK_BLOCKED = Counter(
     ["sku", "reason"],
 )
 
-Publish = Callable[[str, str, Purchase, Delivery], Awaitable[None]]
+Publish = Callable[[Stock, str, Purchase, Delivery], Awaitable[None]]
+OTHER = "other"  # the metric label of every sku no supplier sells and no policy names
 
 
 class Ledger(Protocol):
-    """Where sku states live (the faust table)."""
+    """Where the state of each stock (an account's sku) lives (the faust table)."""
 
-    def get(self, sku: str) -> SkuState: ...
+    def get(self, stock: Stock) -> SkuState: ...
 
-    def put(self, sku: str, state: SkuState) -> None: ...
+    def put(self, stock: Stock, state: SkuState) -> None: ...
 
-    def skus(self) -> Iterable[str]: ...
+    def stocks(self) -> Iterable[Stock]: ...
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Purchasing:
         limits: Limits,
         clock: Callable[[], float] = time.time,
         durable: Callable[[], Awaitable[None]] | None = None,
+        known_skus: Iterable[str] = (),
     ) -> None:
         self.ledger = ledger
         self.suppliers = {s.name: s for s in suppliers}
@@ -109,21 +113,24 @@ class Purchasing:
         self.clock = clock
         # waits until what was written to the ledger is safe (the changelog is on the broker)
         self.durable = durable
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks: dict[Stock, asyncio.Task[None]] = {}
+        self.known_skus = set(known_skus)  # skus a policy names, besides those suppliers sell
+        self._unknown_short: set[Stock] = set()  # short stocks of skus nothing can buy
+        self._unknown_new: list[Stock] = []  # ... found since the last report
 
-    def kick(self, sku: str) -> None:
+    def kick(self, stock: Stock) -> None:
         """Start (or resume) the sku's purchase if it has one that is due."""
-        running = self.tasks.get(sku)
+        running = self.tasks.get(stock)
         if running is not None and not running.done():
             return
-        purchase = self.ledger.get(sku).purchase
+        purchase = self.ledger.get(stock).purchase
         if purchase is None or not self._due(purchase, self.clock()):
             return
-        self.tasks[sku] = asyncio.create_task(self._run(sku), name=f"purchase {sku}")
+        self.tasks[stock] = asyncio.create_task(self._run(stock), name=f"purchase {stock}")
 
     def sweep(self) -> None:
-        for sku in list(self.ledger.skus()):
-            self.kick(sku)
+        for stock in list(self.ledger.stocks()):
+            self.kick(stock)
 
     async def close(self) -> None:
         for task in self.tasks.values():
@@ -137,21 +144,21 @@ class Purchasing:
             return now - purchase.published_at >= self.limits.resume_after_s
         return now >= purchase.next_try_at
 
-    async def _run(self, sku: str) -> None:
+    async def _run(self, stock: Stock) -> None:
         try:
-            await self._advance(sku)
+            await self._advance(stock)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("purchase of %s stopped on an unexpected error; it is retried", sku)
-            state = self.ledger.get(sku)
+            log.exception("purchase of %s stopped on an unexpected error; it is retried", stock)
+            state = self.ledger.get(stock)
             if state.purchase is not None:
                 state.purchase.next_try_at = self.clock() + self.limits.retry_max_s
-                self.ledger.put(sku, state)
+                self.ledger.put(stock, state)
 
-    async def _advance(self, sku: str) -> None:
+    async def _advance(self, stock: Stock) -> None:
         while True:
-            state = self.ledger.get(sku)
+            state = self.ledger.get(stock)
             purchase = state.purchase
             if purchase is None:
                 return
@@ -162,32 +169,32 @@ class Purchasing:
                     log.warning(
                         "purchase %s landed short in the vault; closing it", purchase.reference
                     )
-                    self._close(sku, purchase)
+                    self._close(stock, purchase)
                     return
                 purchase.republished = True
-            if purchase.supplier is None and not await self._choose(sku, purchase):
+            if purchase.supplier is None and not await self._choose(stock, purchase):
                 return
             assert purchase.supplier is not None
             supplier = self.suppliers.get(purchase.supplier)
             if supplier is None:  # configuration changed since: the order cannot be followed
                 if purchase.sent:  # it may have been charged there: a human decides
                     self._alert(
-                        sku,
+                        stock,
                         f"order {purchase.reference} is with {purchase.supplier}, "
                         "which is no longer configured",
                         "unconfirmed",
                     )
                     purchase.next_try_at = self.clock() + self.limits.blocked_retry_s
-                    self._save(sku, purchase)
+                    self._save(stock, purchase)
                     return
                 purchase.tried.append(purchase.supplier)
                 purchase.supplier = None
-                self._save(sku, purchase)
+                self._save(stock, purchase)
                 continue
             try:
                 outcome = None
                 if purchase.sent:
-                    outcome = await supplier.find(sku, purchase.reference)
+                    outcome = await supplier.find(stock.sku, purchase.reference)
                 if outcome is None and purchase.published_at:
                     # its codes went out already; never order it again on a supplier's word
                     log.error(
@@ -195,39 +202,39 @@ class Purchasing:
                         purchase.reference,
                         supplier.name,
                     )
-                    self._close(sku, purchase)
+                    self._close(stock, purchase)
                     return
                 if outcome is None:
                     purchase.sent = True
                     purchase.status = "ordering"
-                    if not self._save(sku, purchase):  # recorded before the call
+                    if not self._save(stock, purchase):  # recorded before the call
                         return
                     if self.durable is not None:
                         await self.durable()
-                    outcome = await supplier.place(sku, purchase.quantity, purchase.reference)
+                    outcome = await supplier.place(stock.sku, purchase.quantity, purchase.reference)
             except SupplierError as exc:
-                if not self._failed(sku, supplier, purchase, exc):
+                if not self._failed(stock, supplier, purchase, exc):
                     return
                 continue
             if isinstance(outcome, Pending):
                 purchase.status = "pending"
                 purchase.failures = 0
-                if not self._save(sku, purchase):
+                if not self._save(stock, purchase):
                     return
                 await asyncio.sleep(self.limits.poll_s)
                 continue
-            await self._deliver(sku, supplier, purchase, outcome)
+            await self._deliver(stock, supplier, purchase, outcome)
             return
 
-    async def _choose(self, sku: str, purchase: Purchase) -> bool:
+    async def _choose(self, stock: Stock, purchase: Purchase) -> bool:
         """Pick the supplier for the purchase and reserve its cost; False when none can."""
         now = self.clock()
         offers = []
         for supplier in self.suppliers.values():
-            if not supplier.sells(sku) or supplier.name in purchase.tried:
+            if not supplier.sells(stock.sku) or supplier.name in purchase.tried:
                 continue
             try:
-                price: Decimal | None = await supplier.unit_price(sku)
+                price: Decimal | None = await supplier.unit_price(stock.sku)
             except SupplierError as exc:
                 SUPPLIER_ERRORS.labels(supplier.name, exc.reason).inc()
                 if exc.reason in FAIL_OVER_AT_ONCE:
@@ -237,22 +244,22 @@ class Purchasing:
         ranked = rank(offers)
         if not ranked:
             detail = purchase.last_error or "no supplier sells it"
-            self._block(sku, purchase, f"no supplier can restock it ({detail})", "no_supplier")
+            self._block(stock, purchase, f"no supplier can restock it ({detail})", "no_supplier")
             return False
         best = ranked[0]
         day = today(now)
-        state = self.ledger.get(sku)
+        state = self.ledger.get(stock)
         if best.unit_price is not None:
-            cap, store = self._cap(sku)
+            cap, store = self._cap(stock)
             spent = self._spent_by_store(store, day) if store is not None else state.spent(day)
             fits = affordable(best.unit_price, spent, cap, purchase.quantity)
             if fits < purchase.quantity:
                 if fits < 1:
                     self._block(
-                        sku, purchase, f"daily spend cap of store {store} reached", "spend_cap"
+                        stock, purchase, f"daily spend cap of store {store} reached", "spend_cap"
                     )
                     return False
-                resize(purchase, sku, fits)
+                resize(purchase, fits)
         cost = (best.unit_price or Decimal(0)) * purchase.quantity
         purchase.supplier = best.supplier
         purchase.unit_price = str(best.unit_price) if best.unit_price is not None else None
@@ -261,14 +268,16 @@ class Purchasing:
         purchase.status = "ordering"
         state.spend = {day: str(state.spent(day) + cost)}  # only today's figure matters
         if state.alert:
-            log.info("stock.low cleared for %s: buying from %s", sku, best.supplier)
-            STOCK_LOW.labels(sku).set(0)
+            log.info("stock.low cleared for %s: buying from %s", stock, best.supplier)
+            STOCK_LOW.labels(*self.labels(stock)).set(0)
         state.alert = ""
         state.purchase = purchase
-        self.ledger.put(sku, state)
+        self.ledger.put(stock, state)
         return True
 
-    def _failed(self, sku: str, supplier: Supplier, purchase: Purchase, exc: SupplierError) -> bool:
+    def _failed(
+        self, stock: Stock, supplier: Supplier, purchase: Purchase, exc: SupplierError
+    ) -> bool:
         """Record a failed call; True when the purchase should go on at once (failover)."""
         SUPPLIER_ERRORS.labels(supplier.name, exc.reason).inc()
         purchase.last_error = str(exc)
@@ -285,12 +294,12 @@ class Purchasing:
                 exc.reason,
             )
             FAILOVERS.labels(supplier.name).inc()
-            self._release(sku, purchase)
+            self._release(stock, purchase)
             purchase.tried.append(supplier.name)
             purchase.supplier = None
             purchase.failures = 0
             purchase.status = "routing"
-            return self._save(sku, purchase)
+            return self._save(stock, purchase)
         pause = min(self.limits.retry_s * 2 ** (purchase.failures - 1), self.limits.retry_max_s)
         purchase.next_try_at = self.clock() + pause
         purchase.status = "retrying"
@@ -305,19 +314,19 @@ class Purchasing:
         if purchase.sent and purchase.failures >= self.limits.max_failures:
             # it may have been charged: never buy it elsewhere before the supplier answers
             self._alert(
-                sku,
+                stock,
                 f"order {purchase.reference} at {supplier.name} cannot be confirmed ({exc.reason})",
                 "unconfirmed",
             )
-        self._save(sku, purchase)
+        self._save(stock, purchase)
         return False
 
     async def _deliver(
-        self, sku: str, supplier: Supplier, purchase: Purchase, delivery: Delivery
+        self, stock: Stock, supplier: Supplier, purchase: Purchase, delivery: Delivery
     ) -> None:
         if not delivery.codes:
             self._failed(
-                sku,
+                stock,
                 supplier,
                 purchase,
                 SupplierError(
@@ -326,18 +335,18 @@ class Purchasing:
             )
             return
         first_time = not purchase.published_at
-        await self.publish(sku, supplier.name, purchase, delivery)
+        await self.publish(stock, supplier.name, purchase, delivery)
         if first_time:
             PURCHASES.labels(supplier.name).inc()
-            CODES_BOUGHT.labels(sku, supplier.name).inc(len(delivery.codes))
+            CODES_BOUGHT.labels(self.labels(stock)[1], supplier.name).inc(len(delivery.codes))
         log.info(
             "bought %d codes of %s from %s (ref %s)",
             len(delivery.codes),
-            sku,
+            stock,
             supplier.name,
             purchase.reference,
         )
-        state = self.ledger.get(sku)
+        state = self.ledger.get(stock)
         if first_time:
             state.purchases += 1
             state.bought += len(delivery.codes)
@@ -349,65 +358,109 @@ class Purchasing:
             state.purchase = purchase
             if state.received_total >= purchase.expected_total:
                 state.purchase = None  # the vault already has them
-        self.ledger.put(sku, state)
+        self.ledger.put(stock, state)
         if self.durable is not None:
             await self.durable()  # else a restart finds it unpublished and publishes again
 
-    def _block(self, sku: str, purchase: Purchase, reason: str, kind: str) -> None:
+    def _block(self, stock: Stock, purchase: Purchase, reason: str, kind: str) -> None:
         """Nothing can be bought now: alert, and ask every supplier again later."""
         purchase.tried = []
         purchase.supplier = None
         purchase.status = "blocked"
         purchase.next_try_at = self.clock() + self.limits.blocked_retry_s
-        self._alert(sku, reason, kind)
-        self._save(sku, purchase)
+        self._alert(stock, reason, kind)
+        self._save(stock, purchase)
 
-    def _alert(self, sku: str, reason: str, kind: str) -> None:
-        state = self.ledger.get(sku)
+    def _alert(self, stock: Stock, reason: str, kind: str) -> None:
+        state = self.ledger.get(stock)
+        state.alert = reason
+        self.ledger.put(stock, state)
+        RESTOCK_BLOCKED.labels(self.labels(stock)[1], kind).inc()
+        if not self.known(stock.sku):
+            # a sku no supplier sells and no policy names (an order can carry any text):
+            # one series and one log line for all of them, however many there are
+            if stock not in self._unknown_short:
+                self._unknown_short.add(stock)
+                self._unknown_new.append(stock)
+            return
         cover = state.available / state.rate / 60 if state.rate > 1e-9 else None
         log.error(
-            "stock.low sku=%s reason=%s: %s; available=%d backordered=%d cover_minutes=%s",
-            sku,
+            "stock.low account=%s sku=%s reason=%s: %s; available=%d backordered=%d "
+            "cover_minutes=%s",
+            stock.account,
+            stock.sku,
             kind,
             reason,
             state.available,
             state.backordered,
             "inf" if cover is None else f"{cover:.1f}",
         )
-        STOCK_LOW.labels(sku).set(1)
-        RESTOCK_BLOCKED.labels(sku, kind).inc()
-        state.alert = reason
-        self.ledger.put(sku, state)
+        STOCK_LOW.labels(*self.labels(stock)).set(1)
 
-    def _release(self, sku: str, purchase: Purchase) -> None:
+    def unsellable(self, stock: Stock, state: SkuState, policy: Policy) -> None:
+        """A stock of a sku nothing can buy: `stock.low` while it is short, counted and logged
+        with all the others (`report_unknown`), never on a series or a line of its own."""
+        short = state.available - state.backordered < policy.reorder_point(state.rate)
+        state.alert = "no supplier sells it" if short else ""
+        if not short:
+            self._unknown_short.discard(stock)
+        elif stock not in self._unknown_short:
+            self._unknown_short.add(stock)
+            self._unknown_new.append(stock)
+
+    def known(self, sku: str) -> bool:
+        """A sku some supplier sells or a policy names: it gets its own metric series."""
+        return sku in self.known_skus or any(s.sells(sku) for s in self.suppliers.values())
+
+    def labels(self, stock: Stock) -> tuple[str, str]:
+        """(account, sku) metric labels: the stock's own when its sku is known, else OTHER."""
+        return (stock.account, stock.sku) if self.known(stock.sku) else (OTHER, OTHER)
+
+    def report_unknown(self) -> None:
+        """The `other` stock.low series, and one log line for the stocks of unknown skus
+        found short since the last call."""
+        STOCK_LOW.labels(OTHER, OTHER).set(1 if self._unknown_short else 0)
+        if not self._unknown_new:
+            return
+        log.error(
+            "stock.low: %d more stocks of skus no supplier sells are short, %d in all (e.g. %s)",
+            len(self._unknown_new),
+            len(self._unknown_short),
+            ", ".join(f"{s.account}/{s.sku[:40]!r}" for s in self._unknown_new[:5]),
+        )
+        self._unknown_new.clear()
+
+    def _release(self, stock: Stock, purchase: Purchase) -> None:
         """A refused order costs nothing: give its reservation back."""
-        state = self.ledger.get(sku)
+        state = self.ledger.get(stock)
         reserved = Decimal(purchase.reserved)
         if reserved and purchase.reserved_day in state.spend:
             left = max(Decimal(0), state.spent(purchase.reserved_day) - reserved)
             state.spend[purchase.reserved_day] = str(left)
-            self.ledger.put(sku, state)
+            self.ledger.put(stock, state)
         purchase.reserved = "0"
 
-    def _save(self, sku: str, purchase: Purchase) -> bool:
+    def _save(self, stock: Stock, purchase: Purchase) -> bool:
         """Write the purchase back; False when it is no longer the sku's (it landed)."""
-        state = self.ledger.get(sku)
+        state = self.ledger.get(stock)
         if state.purchase is None or state.purchase.decided_at != purchase.decided_at:
             return False
         state.purchase = purchase
-        self.ledger.put(sku, state)
+        self.ledger.put(stock, state)
         return True
 
-    def _close(self, sku: str, purchase: Purchase) -> None:
-        state = self.ledger.get(sku)
+    def _close(self, stock: Stock, purchase: Purchase) -> None:
+        state = self.ledger.get(stock)
         if state.purchase is not None and state.purchase.decided_at == purchase.decided_at:
             state.purchase = None
-            self.ledger.put(sku, state)
+            self.ledger.put(stock, state)
 
-    def _cap(self, sku: str) -> tuple[Decimal | None, str | None]:
-        store = (self.limits.sku_stores or {}).get(sku)
+    def _cap(self, stock: Stock) -> tuple[Decimal | None, str | None]:
+        """The day's spend cap of the store paying for this stock: the stock's account, or
+        the store `sku_stores` names for the sku (a setting from before accounts)."""
+        store = (self.limits.sku_stores or {}).get(stock.sku, stock.account)
         caps = self.limits.daily_caps or {}
-        if store is not None and store in caps:
+        if store in caps:
             return caps[store], store
         return self.limits.default_daily_cap, store
 
@@ -415,9 +468,9 @@ class Purchasing:
         stores = self.limits.sku_stores or {}
         return sum(
             (
-                self.ledger.get(sku).spent(day)
-                for sku in self.ledger.skus()
-                if stores.get(sku) == store
+                self.ledger.get(stock).spent(day)
+                for stock in self.ledger.stocks()
+                if stores.get(stock.sku, stock.account) == store
             ),
             Decimal(0),
         )

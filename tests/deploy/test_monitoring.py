@@ -38,6 +38,7 @@ REQUIRED_ALERTS = {
     "TasleemStockCoverLow",
     "TasleemProviderCircuitOpen",
     "TasleemDeadLettersGrowing",
+    "TasleemPaidOrderDeadLettered",
     "TasleemGateway5xx",
 }
 # Synthesised by Prometheus itself, not by a service
@@ -326,5 +327,39 @@ def test_stock_cover_low_fires_for_a_short_cover_not_for_a_sku_that_does_not_sel
                     }
                 ],
             },
+        ],
+    )
+
+
+def test_one_dead_lettered_paid_order_raises_an_incident_and_other_topics_do_not(
+    promtool, rules_file, tmp_path, alerts
+):
+    """One `order.paid` dead-lettered at minute 30 pages at once and stays raised for the hour
+    it takes to handle; a dead-lettered `inventory.level` (a stock report, refreshed by the
+    next one) is left to the warning."""
+    rule = alerts["TasleemPaidOrderDeadLettered"]
+    allocator = {"job": "tasleem-allocator", "instance": "10.0.0.8:8080", "service": "allocator"}
+    name = "tasleem_dead_letters_total"
+    paid = series(name, {**allocator, "topic": "order.paid"}, [0] * 30 + [1] * 120)
+    levels = series(name, {**allocator, "topic": "inventory.level"}, [0] * 30 + [5] * 120)
+    raised = {
+        "exp_labels": {**rule["labels"], "service": "allocator", "topic": "order.paid"},
+        "exp_annotations": {
+            key: text.replace("{{ $labels.topic }}", "order.paid")
+            .replace("{{ $labels.service }}", "allocator")
+            .replace("{{ $value }}", "1")
+            for key, text in rule["annotations"].items()
+        },
+    }
+    promtool_test(
+        promtool,
+        rules_file,
+        tmp_path,
+        [paid, levels],
+        [
+            {"alertname": rule["alert"], "eval_time": "29m", "exp_alerts": []},
+            {"alertname": rule["alert"], "eval_time": "31m", "exp_alerts": [raised]},
+            {"alertname": rule["alert"], "eval_time": "80m", "exp_alerts": [raised]},
+            {"alertname": rule["alert"], "eval_time": "100m", "exp_alerts": []},
         ],
     )

@@ -229,14 +229,22 @@ def test_every_public_route_is_served_by_its_service():
         assert any(p == route.path or p.startswith(route.path) for p in registered), route
 
 
-def test_the_notifier_tells_providers_the_public_address(rendered):
-    """Twilio is told where to call back, and its signature covers that URL: it must be the
-    Ingress host, not the pod's admin address."""
+def test_the_notifier_and_the_gateway_agree_on_the_public_address(rendered):
+    """Twilio is told where to call back (the gateway, through the Ingress), and its signature
+    covers that URL: the notifier gives it, the gateway verifies against it."""
     manifests = rendered["production"]
     (ingress,) = of_kind(manifests, "Ingress")
     (host,) = ingress["spec"]["tls"][0]["hosts"]
-    config = named(manifests, "ConfigMap", "tasleem-notifier")["data"]
-    assert config["TASLEEM_NOTIFIER_PUBLIC_URL"] == f"https://{host}"
+    for service in ("notifier", "ingest"):
+        config = named(manifests, "ConfigMap", f"tasleem-{service}")["data"]
+        assert config["TASLEEM_GATEWAY_PUBLIC_URL"] == f"https://{host}", service
+
+
+def test_the_notifier_has_no_public_route():
+    """Receipts reach the notifier through Kafka only: its one server is the admin server."""
+    assert {r.service for r in topology.PUBLIC_ROUTES} == {"ingest"}
+    assert topology.consumes("notifier") >= {"delivery.receipt"}
+    assert "delivery.receipt" in topology.produces("ingest")
 
 
 # ---- network policies --------------------------------------------------------------------------

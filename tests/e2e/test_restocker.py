@@ -1,5 +1,8 @@
 """The restocker in the whole stack: a surge on little stock, a supplier that runs out, and a
-restocker killed mid-surge. Purchases are counted at the sandbox's suppliers."""
+restocker killed mid-surge. Purchases are counted at the sandbox's suppliers.
+
+Stock is per store account and sku (a "stock"): each is bought for on its own, and a
+supplier's order is traced to its stock by its reference (`reference_stem`)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import math
 import re
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,9 +19,12 @@ import asyncpg
 import pytest
 
 from deploy import demo
+from deploy.embedded import local
 from deploy.embedded.broker import client_settings
 from deploy.embedded.stack import DEMO_SKUS, Stack, StackOptions
+from services.restocker.policy import reference_stem
 from shared import kafka_clients
+from shared.events import Stock
 
 pytestmark = pytest.mark.e2e
 
@@ -59,44 +66,60 @@ async def stack(tmp_path_factory, module_database, kafka):
         stack.stop()
 
 
-async def get(url: str) -> Any:
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+async def get(url: str, token: str = "") -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
         return await resp.json()
 
 
-async def stock(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {row["sku"]: row for row in (await get(f"{info['restocker']}/stock"))["skus"]}
+Key = tuple[str, str]  # (account, sku)
+
+
+def all_stocks(info: dict[str, Any]) -> list[Key]:
+    return [(store["id"], sku.sku) for store in info["stores"] for sku in DEMO_SKUS]
+
+
+async def stock(info: dict[str, Any]) -> dict[Key, dict[str, Any]]:
+    token = local.admin_token(Path(info["logs"]).parent, "restocker", "read")
+    rows = (await get(f"{info['restocker']}/stock", token))["skus"]
+    return {(row["account"], row["sku"]): row for row in rows}
 
 
 async def supplier_orders(info: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every order any supplier took: party, sku, quantity, reference."""
+    """Every order any supplier took: party, sku, quantity, reference, and the stock it was
+    for, from the reference (None for bamboo, whose request id is a digest of it)."""
+    stems = {reference_stem(Stock(*key)): key for key in all_stocks(info)}
     found = []
     for party in SUPPLIERS:
         for order in (await get(f"{info['sandbox']}/{party}/_purchases"))["orders"]:
+            reference = (
+                order.get("customIdentifier") or order.get("requestId") or order.get("referenceId")
+            )
             found.append(
                 {
                     "party": party,
                     "sku": order.get("sku") or order["product"]["sku"],
                     "quantity": order["quantity"],
-                    "reference": order.get("customIdentifier")
-                    or order.get("requestId")
-                    or order.get("referenceId"),
+                    "reference": reference,
+                    "stock": stems.get(reference.rsplit("-", 1)[0]),
                 }
             )
     return found
 
 
-async def demand(info: dict[str, Any]) -> Counter[str]:
-    """Units ordered per sku, as the allocator recorded them."""
+async def demand(info: dict[str, Any]) -> Counter[Key]:
+    """Units ordered per stock, as the allocator recorded them."""
     conn = await asyncpg.connect(info["database"])
     try:
-        rows = await conn.fetch("SELECT sku, count(*) AS n FROM allocator.units GROUP BY sku")
+        rows = await conn.fetch(
+            "SELECT account, sku, count(*) AS n FROM allocator.units GROUP BY account, sku"
+        )
     finally:
         await conn.close()
-    return Counter({row["sku"]: row["n"] for row in rows})
+    return Counter({(row["account"], row["sku"]): row["n"] for row in rows})
 
 
-async def settled(info: dict[str, Any], limit_s: float = 60) -> dict[str, dict[str, Any]]:
+async def settled(info: dict[str, Any], limit_s: float = 60) -> dict[Key, dict[str, Any]]:
     """/stock once no purchase is in flight (what was bought is in the vault)."""
     deadline = time.monotonic() + limit_s
     while True:
@@ -107,10 +130,10 @@ async def settled(info: dict[str, Any], limit_s: float = 60) -> dict[str, dict[s
         await asyncio.sleep(0.5)
 
 
-def bought_by_sku(orders: list[dict[str, Any]]) -> Counter[str]:
-    bought: Counter[str] = Counter()
+def bought_by_stock(orders: list[dict[str, Any]]) -> Counter[Key]:
+    bought: Counter[Key] = Counter()
     for order in orders:
-        bought[order["sku"]] += order["quantity"]
+        bought[order["stock"]] += order["quantity"]
     return bought
 
 
@@ -137,26 +160,27 @@ async def test_a_surge_of_2000_orders_on_50_codes_per_sku_is_delivered_within_po
     rows = await settled(info)
     orders = await supplier_orders(info)
     wanted = await demand(info)
-    bought = bought_by_sku(orders)
+    bought = bought_by_stock(orders)
     assert len({(o["party"], o["reference"]) for o in orders}) == len(orders)
     assert len({o["reference"] for o in orders}) == len(orders), "a purchase made twice"
-    for sku in (s.sku for s in DEMO_SKUS):
-        purchases = sum(1 for o in orders if o["sku"] == sku)
-        assert_within_policy(max(0, wanted[sku] - INITIAL), wanted[sku], bought[sku], purchases)
-        # nothing bought was lost: every code reached the vault
-        assert rows[sku]["received_total"] == INITIAL + bought[sku]
-        assert rows[sku]["purchases"] == purchases
-        assert rows[sku]["state"] == "ok" and rows[sku]["cover_minutes"] is not None
+    for key in all_stocks(info):
+        purchases = sum(1 for o in orders if o["stock"] == key)
+        assert_within_policy(max(0, wanted[key] - INITIAL), wanted[key], bought[key], purchases)
+        # nothing bought was lost: every code reached its own account's vault
+        assert rows[key]["received_total"] == INITIAL + bought[key]
+        assert rows[key]["purchases"] == purchases
+        assert rows[key]["state"] == "ok" and rows[key]["cover_minutes"] is not None
 
 
 async def test_when_the_first_supplier_runs_out_the_second_is_used_and_nothing_is_lost(stack):
     _, info = stack
     sku = "STEAM-20-USD"
+    key = ("demo-store", sku)
     async with aiohttp.ClientSession() as session:
         async with session.put(f"{info['sandbox']}/faults/reloadly", json={"out_of_stock": True}):
             pass
         try:
-            before = (await settled(info))[sku]
+            before = (await settled(info))[key]
             orders_before = await supplier_orders(info)
             # more than is left, so it runs into backorders and must be bought
             units = before["available"] + 60
@@ -189,14 +213,18 @@ async def test_when_the_first_supplier_runs_out_the_second_is_used_and_nothing_i
                     await asyncio.sleep(0.5)
                 assert len(got) == quantity
                 codes.extend(got)
-            after = (await settled(info))[sku]
+            after = (await settled(info))[key]
         finally:
             async with session.put(
                 f"{info['sandbox']}/faults/reloadly", json={"out_of_stock": False}
             ):
                 pass
 
-    new = [o for o in await supplier_orders(info) if o not in orders_before and o["sku"] == sku]
+    new = [
+        o
+        for o in await supplier_orders(info)
+        if o not in orders_before and o["sku"] == sku and o["stock"] in (key, None)
+    ]
     assert new, "the backorder needed a purchase"
     assert {o["party"] for o in new} == {"bamboo"}, new
     assert len(codes) == len(set(codes)) == units
@@ -218,7 +246,7 @@ async def test_a_restocker_killed_mid_surge_restores_its_tables_and_does_not_buy
     deadline = time.monotonic() + 60
     while True:
         snapshot = await stock(info)
-        if any(snapshot[sku]["purchases"] > start[sku]["purchases"] for sku in start):
+        if any(snapshot[key]["purchases"] > start[key]["purchases"] for key in start):
             break
         assert time.monotonic() < deadline, "the surge never made it buy"
         await asyncio.sleep(0.1)
@@ -240,17 +268,17 @@ async def test_a_restocker_killed_mid_surge_restores_its_tables_and_does_not_buy
             await asyncio.sleep(0.2)
     restored = await stock(info)
     assert sum(row["purchases"] for row in snapshot.values()) > 0
-    for sku, row in snapshot.items():
+    for key, row in snapshot.items():
         # the table came back from its changelog: counters and the sales rate survived (the
         # bookkeeping of a purchase completed at the instant of the kill may be redone)
-        assert restored[sku]["purchases"] >= row["purchases"] - 1
-        assert restored[sku]["received_total"] >= row["received_total"]
-        assert restored[sku]["sales_per_minute"] > 0
-        if row["purchase"] and restored[sku]["purchase"]:
-            old, new = row["purchase"]["reference"], restored[sku]["purchase"]["reference"]
+        assert restored[key]["purchases"] >= row["purchases"] - 1
+        assert restored[key]["received_total"] >= row["received_total"]
+        assert restored[key]["sales_per_minute"] > 0
+        if row["purchase"] and restored[key]["purchase"]:
+            old, new = row["purchase"]["reference"], restored[key]["purchase"]["reference"]
             # a purchase in flight is resumed under its reference, not made anew; a different
             # one means the first landed between the snapshot and the kill
-            assert new == old or restored[sku]["received_total"] > row["received_total"]
+            assert new == old or restored[key]["received_total"] > row["received_total"]
 
     result = await surge
     assert result.delivered_orders == set(result.order_keys)
@@ -260,14 +288,14 @@ async def test_a_restocker_killed_mid_surge_restores_its_tables_and_does_not_buy
     assert len({o["reference"] for o in orders}) == len(orders), "a purchase made twice"
     new = [o for o in orders if o not in orders_before]
     wanted = await demand(info)
-    bought = bought_by_sku(new)
-    for sku in (s.sku for s in DEMO_SKUS):
-        assert rows[sku]["purchases"] >= snapshot[sku]["purchases"]
-        units = wanted[sku] - wanted_before[sku]
-        need = max(0, units - start[sku]["available"])
-        purchases = sum(1 for o in new if o["sku"] == sku)
-        assert_within_policy(need, wanted[sku], bought[sku], purchases)
-        assert rows[sku]["received_total"] - start[sku]["received_total"] == bought[sku]
+    bought = bought_by_stock(new)
+    for key in all_stocks(info):
+        assert rows[key]["purchases"] >= snapshot[key]["purchases"]
+        units = wanted[key] - wanted_before[key]
+        need = max(0, units - start[key]["available"])
+        purchases = sum(1 for o in new if o["stock"] == key)
+        assert_within_policy(need, wanted[key], bought[key], purchases)
+        assert rows[key]["received_total"] - start[key]["received_total"] == bought[key]
 
 
 async def test_a_malformed_inventory_level_is_dead_lettered_and_changes_nothing(stack):
@@ -294,9 +322,10 @@ async def test_a_malformed_inventory_level_is_dead_lettered_and_changes_nothing(
     # stock may still be topped up by real levels meanwhile, but every change is explained by
     # a purchase that the supplier saw: the malformed message itself bought nothing
     new = [o for o in await supplier_orders(info) if o not in orders_before]
-    psn = [o for o in new if o["sku"] == "PSN-50-SAR"]
-    assert after["PSN-50-SAR"]["purchases"] - before["PSN-50-SAR"]["purchases"] == len(psn)
-    assert after["PSN-50-SAR"]["received_total"] - before["PSN-50-SAR"]["received_total"] == sum(
-        o["quantity"] for o in psn
+    psn = ("demo-store", "PSN-50-SAR")
+    bought = [o for o in new if o["stock"] == psn]
+    assert after[psn]["purchases"] - before[psn]["purchases"] == len(bought)
+    assert after[psn]["received_total"] - before[psn]["received_total"] == sum(
+        o["quantity"] for o in bought
     )
     assert (await get(f"{info['restocker']}/readyz"))["status"] == "ready"

@@ -1,6 +1,7 @@
 """The shared consumer loop on a real broker: dead letters, isolation, retries, commits."""
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -72,6 +73,8 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
     for sku in skus[:3]:
         await producer.send_and_wait(TOPIC, level(sku), key=sku.encode())
     await producer.send_and_wait(TOPIC, b"not json at all", key=b"poison")
+    future = json.loads(level(f"{group}-v2")) | {"schema_version": 2}
+    await producer.send_and_wait(TOPIC, json.dumps(future).encode(), key=b"v2")
     await producer.send_and_wait(TOPIC, level(f"{group}-explodes"), key=b"bad")
     for sku in skus[3:]:
         await producer.send_and_wait(TOPIC, level(sku), key=sku.encode())
@@ -93,9 +96,13 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
     await run_until(loop, lambda: len(handled) >= 6)
     assert sorted(handled) == sorted(skus)
 
-    dead = [r for r in await read_all(kafka, dlq_topic(TOPIC), 2) if r.key in (b"poison", b"bad")]
+    dead = [
+        r for r in await read_all(kafka, dlq_topic(TOPIC), 3) if r.key in (b"poison", b"bad", b"v2")
+    ]
     reasons = {r.key: dict(r.headers)["dlq-reason"].decode() for r in dead}
     assert "invalid InventoryLevel" in reasons[b"poison"]
+    # a major version this consumer does not read is refused, not guessed at
+    assert "schema_version 2" in reasons[b"v2"] and f"{group}-v2" not in handled
     assert "ValueError" in reasons[b"bad"]
 
     # offsets were committed: a new consumer in the same group gets nothing again

@@ -22,6 +22,7 @@ from shared import runtime
 from shared.db import migrate
 from shared.events import OrderPaid
 from tests.conftest import _wait_for_port
+from tests.integration.gateway_support import SEALER, VAULT_KEYS
 from tests.integration.test_consumer_loop import read_all
 
 pytestmark = pytest.mark.integration
@@ -33,10 +34,13 @@ async def gateway(database: str, kafka: str, **overrides):
     try:
         await migrate(conn, "ingest", SQL)
         await conn.execute("SET search_path TO ingest")
-        await upsert_store(conn, Store("s1", "standard", "Store One", (SECRET,), locale="en"))
+        store = Store("s1", "standard", "Store One", (SECRET,), locale="en")
+        await upsert_store(conn, store, SEALER)
     finally:
         await conn.close()
-    settings = IngestSettings(kafka_bootstrap=kafka, database_url=database, **overrides)
+    settings = IngestSettings(
+        kafka_bootstrap=kafka, database_url=database, vault_keys=VAULT_KEYS, **overrides
+    )
     app = web.Application(client_max_size=settings.max_body_bytes)
     rt = runtime.Runtime("ingest", settings, app)
     app.add_routes(runtime.admin_routes(rt))

@@ -66,7 +66,7 @@ async def test_rows_written_before_the_batched_outbox_are_still_relayed(database
             "INSERT INTO allocator.outbox (topic, key, payload) VALUES ($1, $2, $3)",
             [(e.topic, e.kafka_key(), e.to_bytes()) for e in events],
         )
-        assert await migrate(conn, "allocator", SQL) == [4]
+        assert (await migrate(conn, "allocator", SQL))[:1] == [4]  # and any later ones
     finally:
         await conn.close()
     pool = await connect_and_migrate(database, "allocator", SQL)

@@ -19,6 +19,7 @@ from shared.events import (
     OrderCancelled,
     OrderLine,
     OrderPaid,
+    Stock,
     event_id_for,
 )
 from shared.kafka import RetriableError
@@ -49,12 +50,12 @@ def paid(order_id: str, *lines: tuple[str, int]) -> OrderPaid:
     )
 
 
-async def import_codes(pool, cipher, sku, codes, expires_at=None):
+async def import_codes(pool, cipher, sku, codes, expires_at=None, account="s1"):
     async with pool.acquire() as conn, conn.transaction():
         report = await vault.import_plain_codes(
-            conn, cipher, sku, codes, source="test", expires_at=expires_at
+            conn, cipher, Stock(account, sku), codes, source="test", expires_at=expires_at
         )
-        applied = await handlers.distribute(conn, [sku], report_levels=True)
+        applied = await handlers.distribute(conn, [Stock(account, sku)], report_levels=True)
     return report, applied.rows
 
 
@@ -63,9 +64,9 @@ async def allocate(pool, batch):
         return (await handlers.allocate(batch, conn)).rows
 
 
-async def level(pool, sku):
+async def level(pool, sku, account="s1"):
     async with pool.acquire() as conn:
-        (found,) = await vault.stock_levels(conn, [sku])
+        (found,) = await vault.stock_levels(conn, [Stock(account, sku)])
     return found
 
 
@@ -162,6 +163,7 @@ async def test_short_stock_backorders_and_fills_first_in_first_out(pool, cipher)
     sealed = [cipher.seal("A-3", "A").to_text(), cipher.seal("A-4", "A").to_text()]
     purchase = CodesPurchased(
         event_id="p1",
+        account="s1",
         sku="A",
         supplier="reloadly",
         reference="A-4",
@@ -172,7 +174,7 @@ async def test_short_stock_backorders_and_fills_first_in_first_out(pool, cipher)
         applied = await handlers.receive_codes([purchase, purchase], conn, cipher)
     (third,) = events_of(applied.rows, CodeAllocated)
     assert third.order_key.endswith(":2") and third.part == 1
-    assert applied.sold == {"A": 1}
+    assert applied.sold == {Stock("s1", "A"): 1}
     stock = await level(pool, "A")
     assert (stock.available, stock.backordered, stock.received_total) == (1, 0, 4)
 
@@ -270,7 +272,7 @@ async def test_cancelling_quarantines_codes_and_revokes_only_undelivered_ones(po
     assert revoked.order_key == second.order_key
     assert revoked.code_ids == [c.code_id for c in second.codes] and revoked.parts == [1]
     async with pool.acquire() as conn:
-        (report,) = await stock.stock_report(conn, sku="A")
+        (report,) = await stock.stock_report(conn, "s1", sku="A")
     assert (report.available, report.reserved, report.sold, report.backordered) == (0, 0, 0, 0)
     assert report.quarantined == 3  # withdrawn codes are never resold
 
@@ -295,8 +297,8 @@ async def test_stock_report_and_masked_order_view(pool, cipher):
     first = next(a for a in events_of(rows, CodeAllocated) if a.order_key.endswith(":1"))
     await run(pool, handlers.mark_delivered, [sent(first)])
     async with pool.acquire() as conn:
-        (report,) = await stock.stock_report(conn, expiring_days=7)
-        view = await stock.order_allocation(conn, cipher, "standard:s1:1")
+        (report,) = await stock.stock_report(conn, "s1", expiring_days=7)
+        view = await stock.order_allocation(conn, cipher, "s1", "standard:s1:1")
     assert (report.available, report.reserved, report.sold, report.backordered) == (0, 2, 2, 1)
     assert view is not None
     assert [u["state"] for u in view["units"]] == ["delivered", "delivered"]

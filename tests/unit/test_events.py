@@ -3,6 +3,7 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,12 +46,12 @@ def test_the_allocated_payload_is_the_code_allocated_event():
     expires = paid_at + timedelta(days=90)
     units = [
         vault.UnitRow(
-            order.order_key, 0, 0, "PSN-50", vault.Claimed(7, "PSN-50", "k1:AAA", expires), 1
+            order.order_key, "s1", 0, 0, "PSN-50", vault.Claimed(7, "PSN-50", "k1:AAA", expires), 1
         ),
         vault.UnitRow(
-            order.order_key, 0, 1, "PSN-50", vault.Claimed(9, "PSN-50", "k1:BBB", None), 1
+            order.order_key, "s1", 0, 1, "PSN-50", vault.Claimed(9, "PSN-50", "k1:BBB", None), 1
         ),
-        vault.UnitRow(order.order_key, 1, 0, "XBOX"),
+        vault.UnitRow(order.order_key, "s1", 1, 0, "XBOX"),
     ]
     allocated_at = paid_at + timedelta(milliseconds=40)
 
@@ -75,3 +76,15 @@ def test_the_allocated_payload_is_the_code_allocated_event():
     )
     assert (message.topic, message.key) == (CodeAllocated.topic, expected.kafka_key())
     assert message.payload == expected.to_bytes()
+
+
+def test_a_consumer_reads_its_topic_s_version_and_refuses_another():
+    from shared.events import InventoryLevel, UnsupportedVersion
+
+    level = InventoryLevel(event_id="e1", sku="S", available=1, backordered=0, at=datetime.now(UTC))
+    raw = level.to_bytes()
+    assert InventoryLevel.from_kafka(raw) == level
+    # a new optional field is fine: added fields are ignored by older consumers
+    assert InventoryLevel.from_kafka(raw[:-1] + b', "new_field": 1}') == level
+    with pytest.raises(UnsupportedVersion, match="schema_version 2"):
+        InventoryLevel.from_kafka(raw.replace(b'"schema_version":1', b'"schema_version":2'))

@@ -1,8 +1,10 @@
-"""The operator commands of a local stack use the admin token its services are given."""
+"""The local stack's admin tokens: one per service and role, each in its own 0600 file, the
+services given only digests; and the operator commands use the right one."""
 
 from __future__ import annotations
 
 import json
+import stat
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
@@ -10,34 +12,66 @@ from typing import ClassVar
 from typer.testing import CliRunner
 
 from deploy.cli import app
-from deploy.embedded.stack import Stack, StackOptions
+from deploy.embedded.stack import SERVICES, Stack, StackOptions
+from shared import admin_auth
 
 
 class _Notifier(BaseHTTPRequestHandler):
     """Stands in for the notifier's admin API: records what the CLI sent."""
 
-    seen: ClassVar[list[str]] = []
+    seen: ClassVar[list[tuple[str, dict[str, object]]]] = []
 
     def do_POST(self) -> None:
-        self.seen.append(self.headers.get("Authorization", ""))
-        body = json.dumps({"resent": True}).encode()
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.headers.get("Authorization", ""), body))
+        answer = json.dumps({"parts": []}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(answer)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-def test_notify_resend_sends_the_token_tasleem_up_gives_the_notifier(tmp_path, monkeypatch):
+def stack_in(home) -> Stack:
+    stack = Stack(StackOptions(home=home, database_url="unused", kafka_bootstrap="unused"))
+    stack.ports.update(dict.fromkeys(("sandbox", *SERVICES), 1))
+    return stack
+
+
+def test_each_service_gets_the_digests_of_its_own_tokens_only(tmp_path):
+    env = stack_in(tmp_path).service_env("http://127.0.0.1:1")
+    tokens = {}
+    for service in SERVICES:
+        for role in ("read", "operate"):
+            path = tmp_path / "admin" / f"{service}-{role}.token"
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+            tokens[service, role] = path.read_text().strip()
+    assert len(set(tokens.values())) == len(tokens)  # every token is its own
+    for service in SERVICES:
+        given = env[service][f"TASLEEM_{service.upper()}_ADMIN_TOKENS"]
+        credentials = admin_auth.Credentials(admin_auth.parse(given))
+        for (owner, role), token in tokens.items():
+            assert token not in json.dumps(env)  # no service is given a token itself
+            found = credentials.identify(token)
+            if owner == service:
+                assert found is not None and found.role == role
+            else:
+                assert found is None, f"{owner}'s {role} token opens {service}"
+    # a restarted stack keeps its tokens (curl scripts and the README's commands keep working)
+    again = stack_in(tmp_path).service_env("http://127.0.0.1:1")
+    assert (
+        again["notifier"]["TASLEEM_NOTIFIER_ADMIN_TOKENS"]
+        == (env["notifier"]["TASLEEM_NOTIFIER_ADMIN_TOKENS"])
+    )
+
+
+def test_notify_resend_sends_the_notifier_operate_token(tmp_path, monkeypatch):
     monkeypatch.delenv("TASLEEM_NOTIFIER_ADMIN_TOKEN", raising=False)
-    stack = Stack(StackOptions(home=tmp_path, database_url="unused", kafka_bootstrap="unused"))
-    stack.ports["notifier"] = 1
-    given = stack.service_env("http://127.0.0.1:1")["notifier"]["TASLEEM_NOTIFIER_ADMIN_TOKEN"]
-    # the README's token: `Authorization: Bearer $(cat .tasleem/admin_token)`
-    assert (tmp_path / "admin_token").read_text().strip() == given
+    stack_in(tmp_path).service_env("http://127.0.0.1:1")
+    token = (tmp_path / "admin" / "notifier-operate.token").read_text().strip()
     server = HTTPServer(("127.0.0.1", 0), _Notifier)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -51,6 +85,8 @@ def test_notify_resend_sends_the_token_tasleem_up_gives_the_notifier(tmp_path, m
                 "standard:s:1",
                 "--phone",
                 "+966500000001",
+                "--reason",
+                "ticket 42",
                 "--home",
                 str(tmp_path),
             ],
@@ -59,4 +95,20 @@ def test_notify_resend_sends_the_token_tasleem_up_gives_the_notifier(tmp_path, m
         server.shutdown()
         server.server_close()
     assert result.exit_code == 0, result.output
-    assert _Notifier.seen == [f"Bearer {given}"]
+    ((authorization, body),) = _Notifier.seen
+    assert authorization == f"Bearer {token}"
+    assert body == {"phone": "+966500000001", "email": None, "reason": "ticket 42"}
+
+
+def test_admin_token_command_prints_a_token_and_the_entry_that_accepts_it():
+    result = CliRunner().invoke(
+        app, ["admin", "token", "--service", "notifier", "--role", "operate", "--caller", "amal"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(":  ", 1) for line in result.output.strip().splitlines())
+    token = lines["token (for amal only)"].strip()
+    entry = lines["TASLEEM_NOTIFIER_ADMIN_TOKENS entry"].strip()
+    assert token not in entry
+    (credential,) = admin_auth.parse(entry)
+    assert admin_auth.Credentials([credential]).identify(token) == credential
+    assert credential.caller == "amal" and credential.role == "operate"

@@ -24,7 +24,9 @@ OLD = "previous-secret-still-valid"
 
 def store(platform: str, **kw: Any) -> Store:
     secrets = ("ops:pa55:word", "ops:old") if platform == "zid" else (KEY, OLD)
-    return Store(f"{platform}-1", platform, "Cards", secrets, sku_map={"p-1": "SKU-A"}, **kw)
+    # the catalogue: p-1 sold as SKU-A, Shopify's variant 10 (a line without a sku) as itself
+    catalogue = {"p-1": "SKU-A", "10": "10"}
+    return Store(f"{platform}-1", platform, "Cards", secrets, sku_map=catalogue, **kw)
 
 
 def hex_sig(body: bytes, secret: str = KEY) -> str:
@@ -124,7 +126,11 @@ def test_salla_paid_order_and_its_status_update_are_one_event():
     assert created.customer.phone == "+966551234567"
     assert created.customer.name == "سارة القحطاني"
     assert created.total == "115" and created.currency == "SAR"
-    updated = salla.normalise(s, {}, SALLA_STATUS_UPDATED)
+    # a status update says nothing of `is_pending_payment`: missing is not paid
+    assert salla.normalise(s, {}, SALLA_STATUS_UPDATED) is None
+    confirmed = copy.deepcopy(SALLA_STATUS_UPDATED)
+    confirmed["data"]["order"]["is_pending_payment"] = False
+    updated = salla.normalise(s, {}, confirmed)
     assert isinstance(updated, OrderPaid)
     assert updated.event_id == created.event_id
     assert updated.customer.phone == "+966551234567"

@@ -19,26 +19,36 @@ from prometheus_client import REGISTRY
 
 from deploy.sandbox.app import init_app
 from services.restocker.app import stock_report
-from services.restocker.policy import Purchase, SkuState
+from services.restocker.policy import Policy, Purchase, SkuState, decide, reference_stem
 from services.restocker.purchasing import Limits, Purchasing
 from services.restocker.settings import RestockerSettings
 from services.restocker.suppliers import Delivery, SupplierSettings, build
+from shared.events import Stock
 from tests.unit.test_suppliers import sandbox_config, supplier_settings
 
 LIMITS = Limits(max_failures=2, retry_s=0.05, retry_max_s=0.2, blocked_retry_s=0.2, poll_s=0.05)
 
 
+ACCOUNT = "st"
+
+
+def S(sku: str, account: str = ACCOUNT) -> Stock:
+    return Stock(account, sku)
+
+
 class DictLedger:
+    """Stocks by (account, sku); a bare sku here means the account `st`'s."""
+
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[Stock, dict[str, Any]] = {}
 
-    def get(self, sku: str) -> SkuState:
-        return SkuState.from_dict(self.rows.get(sku))
+    def get(self, stock: Stock | str) -> SkuState:
+        return SkuState.from_dict(self.rows.get(S(stock) if isinstance(stock, str) else stock))
 
-    def put(self, sku: str, state: SkuState) -> None:
-        self.rows[sku] = state.to_dict()
+    def put(self, stock: Stock | str, state: SkuState) -> None:
+        self.rows[S(stock) if isinstance(stock, str) else stock] = state.to_dict()
 
-    def skus(self) -> list[str]:
+    def stocks(self) -> list[Stock]:
         return list(self.rows)
 
 
@@ -50,6 +60,7 @@ class Shop:
         self.session = session
         self.ledger = DictLedger()
         self.published: list[tuple[str, str, str, list[str]]] = []
+        self.accounts: list[str] = []  # whose vault each publication was for
 
     def purchasing(
         self,
@@ -59,14 +70,18 @@ class Shop:
         settings = supplier_settings(self.base)
         tweak(settings)
 
-        async def publish(sku: str, supplier: str, purchase: Purchase, delivery: Delivery) -> None:
-            self.published.append((sku, supplier, purchase.reference, list(delivery.codes)))
+        async def publish(
+            stock: Stock, supplier: str, purchase: Purchase, delivery: Delivery
+        ) -> None:
+            self.published.append((stock.sku, supplier, purchase.reference, list(delivery.codes)))
+            self.accounts.append(stock.account)
 
         return Purchasing(self.ledger, [build(s, self.session) for s in settings], publish, limits)
 
-    def want(self, sku: str, quantity: int, received: int = 0) -> None:
-        """A purchase decided by the policy, as the agent records it."""
-        state = self.ledger.get(sku)
+    def want(self, sku: str, quantity: int, received: int = 0, account: str = ACCOUNT) -> None:
+        """A purchase decided by the policy, as the agent records it (with a bare-sku
+        reference, which is what the references asserted below read)."""
+        state = self.ledger.get(S(sku, account))
         state.purchase = Purchase(
             reference=f"{sku}-{received + quantity}",
             quantity=quantity,
@@ -74,7 +89,7 @@ class Shop:
             expected_total=received + quantity,
             decided_at=time.time(),
         )
-        self.ledger.put(sku, state)
+        self.ledger.put(S(sku, account), state)
 
     async def fault(self, party: str, **switches: Any) -> None:
         async with self.session.put(f"{self.base}/faults/{party}", json=switches) as resp:
@@ -119,7 +134,7 @@ def published(shop: Shop, sku: str) -> bool:
 async def test_the_first_supplier_by_priority_is_used(shop):
     purchasing = shop.purchasing()
     shop.want("SKU-A", 5)
-    purchasing.kick("SKU-A")
+    purchasing.kick(S("SKU-A"))
     await until(purchasing, lambda: published(shop, "SKU-A"))
     [(sku, supplier, reference, codes)] = shop.published
     assert (sku, supplier, reference, len(codes)) == ("SKU-A", "reloadly", "SKU-A-5", 5)
@@ -132,7 +147,7 @@ async def test_a_timeout_after_charging_ends_in_exactly_one_purchase(shop):
     purchasing = shop.purchasing()
     await shop.fault("reloadly", charge_then_timeout=True)
     shop.want("SKU-A", 4)
-    purchasing.kick("SKU-A")
+    purchasing.kick(S("SKU-A"))
 
     def in_doubt() -> bool:
         purchase = shop.ledger.get("SKU-A").purchase
@@ -153,7 +168,7 @@ async def test_out_of_stock_fails_over_to_the_asynchronous_supplier(shop):
     purchasing = shop.purchasing()
     await shop.fault("reloadly", out_of_stock=True)
     shop.want("SKU-B", 6)
-    purchasing.kick("SKU-B")
+    purchasing.kick(S("SKU-B"))
     await until(purchasing, lambda: published(shop, "SKU-B"))
     [(_, supplier, _, codes)] = shop.published
     assert supplier == "bamboo" and len(codes) == 6 and all(c.startswith("BMB-") for c in codes)
@@ -168,7 +183,7 @@ async def test_insufficient_balance_and_outage_fail_over_to_the_encrypted_suppli
     await shop.fault("reloadly", down=True)  # fails over after `max_failures` 503s
     await shop.fault("bamboo", insufficient_balance=True)  # fails over at once
     shop.want("SKU-A", 3)
-    purchasing.kick("SKU-A")
+    purchasing.kick(S("SKU-A"))
     await until(purchasing, lambda: published(shop, "SKU-A"))
     [(_, supplier, _, codes)] = shop.published
     assert supplier == "like4card" and all(c.startswith("L4C-") for c in codes)
@@ -186,8 +201,8 @@ async def test_a_pending_order_does_not_hold_up_other_skus(shop):
     await shop.fault("bamboo", pending=True)
     shop.want("SKU-A", 2)  # only bamboo sells it, and bamboo holds it pending
     shop.want("SKU-B", 2)
-    purchasing.kick("SKU-A")
-    purchasing.kick("SKU-B")
+    purchasing.kick(S("SKU-A"))
+    purchasing.kick(S("SKU-B"))
     await until(purchasing, lambda: published(shop, "SKU-B"))
     assert shop.ledger.get("SKU-A").purchase.status == "pending"
     await shop.fault("bamboo", pending=False)
@@ -202,18 +217,19 @@ async def test_no_supplier_left_raises_stock_low_then_recovers(shop, caplog):
         await shop.fault(party, out_of_stock=True)
     shop.want("SKU-B", 2)
     caplog.set_level(logging.ERROR, logger="services.restocker.purchasing")
-    purchasing.kick("SKU-B")
+    purchasing.kick(S("SKU-B"))
     await until(purchasing, lambda: bool(shop.ledger.get("SKU-B").alert))
     assert "no supplier can restock" in shop.ledger.get("SKU-B").alert
-    assert REGISTRY.get_sample_value("tasleem_restocker_stock_low", {"sku": "SKU-B"}) == 1
-    assert any("stock.low sku=SKU-B" in r.getMessage() for r in caplog.records)
+    low = {"account": ACCOUNT, "sku": "SKU-B"}
+    assert REGISTRY.get_sample_value("tasleem_restocker_stock_low", low) == 1
+    assert any("stock.low account=st sku=SKU-B" in r.getMessage() for r in caplog.records)
     assert shop.published == []
 
     for party in ("reloadly", "bamboo", "like4card"):
         await shop.fault(party, out_of_stock=False)
     await until(purchasing, lambda: published(shop, "SKU-B"))
     assert shop.ledger.get("SKU-B").alert == ""
-    assert REGISTRY.get_sample_value("tasleem_restocker_stock_low", {"sku": "SKU-B"}) == 0
+    assert REGISTRY.get_sample_value("tasleem_restocker_stock_low", low) == 0
     await purchasing.close()
 
 
@@ -228,13 +244,13 @@ async def test_a_daily_spend_cap_per_store_shrinks_then_blocks_purchases(shop):
     )
     purchasing = shop.purchasing(limits)
     shop.want("SKU-A", 50)  # 50 x 9.50 is over the cap: 10 fit (95.00)
-    purchasing.kick("SKU-A")
+    purchasing.kick(S("SKU-A"))
     await until(purchasing, lambda: published(shop, "SKU-A"))
     [order] = await shop.orders("reloadly")
     assert order["quantity"] == 10 and order["customIdentifier"] == "SKU-A-10"
 
     shop.want("SKU-B", 5)  # the store has 5.00 left: not one unit fits
-    purchasing.kick("SKU-B")
+    purchasing.kick(S("SKU-B"))
     await until(purchasing, lambda: bool(shop.ledger.get("SKU-B").alert))
     assert "spend cap" in shop.ledger.get("SKU-B").alert
     assert len(await shop.orders("reloadly")) == 1
@@ -245,7 +261,7 @@ async def test_an_order_that_cannot_be_confirmed_is_never_bought_elsewhere(shop)
     purchasing = shop.purchasing()
     await shop.fault("reloadly", charge_then_timeout=True)
     shop.want("SKU-A", 2)
-    purchasing.kick("SKU-A")
+    purchasing.kick(S("SKU-A"))
 
     def sent() -> bool:
         purchase = shop.ledger.get("SKU-A").purchase
@@ -269,7 +285,7 @@ def test_the_stock_report_shows_stock_low_and_cover_in_minutes():
     ledger.put("LOW-SKU", SkuState(available=30, rate=1.0, alert="no supplier can restock it"))
     report = stock_report(ledger, RestockerSettings(reorder_point=20), {"OK-SKU": 10.0})
     rows = {row["sku"]: row for row in report["skus"]}
-    assert report["stock_low"] == ["LOW-SKU"]
+    assert report["stock_low"] == ["st/LOW-SKU"]
     assert rows["LOW-SKU"]["state"] == "stock.low" and rows["LOW-SKU"]["cover_minutes"] == 0.5
     assert rows["OK-SKU"]["state"] == "ok" and rows["OK-SKU"]["cover_minutes"] == 2.5
     assert rows["OK-SKU"]["reorder_point"] == 30  # 2/s x 10 s lead x 1.5 safety
@@ -280,7 +296,7 @@ async def test_a_published_purchase_not_in_the_vault_is_sent_again_never_bought_
     limits = Limits(retry_s=0.05, poll_s=0.05, resume_after_s=0.2)
     purchasing = shop.purchasing(limits)
     shop.want("SKU-A", 3)
-    purchasing.kick("SKU-A")
+    purchasing.kick(S("SKU-A"))
     await until(purchasing, lambda: len(shop.published) == 2)  # no level showed it landed
     first, again = shop.published
     assert first[2] == again[2] and sorted(first[3]) == sorted(again[3])
@@ -288,4 +304,44 @@ async def test_a_published_purchase_not_in_the_vault_is_sent_again_never_bought_
     await until(purchasing, lambda: shop.ledger.get("SKU-A").purchase is None)
     assert len(shop.published) == 2
     assert len(await shop.orders("reloadly")) == 1
+    await purchasing.close()
+
+
+async def test_each_account_buys_its_own_stock_under_its_own_reference(shop):
+    """Two accounts short of the same sku: two orders at the supplier (never one shared by
+    reference), each account's codes published for that account."""
+    purchasing = shop.purchasing()
+    for account in ("shop-a", "shop-b"):
+        state = SkuState()
+        decide(state, reference_stem(S("SKU-A", account)), Policy(min_order=3), now=1.0)
+        shop.ledger.put(S("SKU-A", account), state)
+        purchasing.kick(S("SKU-A", account))
+    await until(purchasing, lambda: len(shop.published) == 2)
+    orders = await shop.orders("reloadly")
+    assert len({o["customIdentifier"] for o in orders}) == 2
+    assert sorted(shop.accounts) == ["shop-a", "shop-b"]
+    (a_codes, b_codes) = (p[3] for p in shop.published)
+    assert not set(a_codes) & set(b_codes)
+    await purchasing.close()
+
+
+async def test_skus_nothing_sells_share_one_series_and_one_log_line(shop, caplog):
+    """One order of 2,000 random skus took the restocker from 42 to 10,042 series and wrote
+    2,000 ERROR lines: such skus now add no series of their own, and one line per report."""
+    purchasing = shop.purchasing()
+    caplog.set_level(logging.ERROR, logger="services.restocker.purchasing")
+    before = sum(len(m.samples) for m in REGISTRY.collect())
+    for n in range(500):
+        stock = S(f"RANDOM-{n}")
+        assert not purchasing.known(stock.sku)
+        state = SkuState(backordered=1)
+        purchasing.unsellable(stock, state, Policy())
+        assert state.alert
+    purchasing.report_unknown()
+    assert sum(len(m.samples) for m in REGISTRY.collect()) - before <= 1
+    lines = [r for r in caplog.records if "no supplier sells" in r.getMessage()]
+    assert len(lines) == 1 and "500" in lines[0].getMessage()
+    low = {"account": "other", "sku": "other"}
+    assert REGISTRY.get_sample_value("tasleem_restocker_stock_low", low) == 1
+    assert purchasing.labels(S("SKU-A")) == (ACCOUNT, "SKU-A")  # a sku a supplier sells
     await purchasing.close()

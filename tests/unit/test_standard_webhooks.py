@@ -9,7 +9,14 @@ from services.ingest.stores import Store
 from shared.events import OrderCancelled, OrderPaid
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-STORE = Store("s1", "standard", "Store One", (SECRET,), sku_map={"p-1": "SKU-A"}, locale="en")
+STORE = Store(
+    "s1",
+    "standard",
+    "Store One",
+    (SECRET,),
+    sku_map={"p-1": "SKU-A", "OTHER": "OTHER"},
+    locale="en",
+)
 
 
 def test_signature_matches_the_published_test_vector():

@@ -1,9 +1,27 @@
+import io
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
-from services.allocator.importing import UnreadableFile, parse
+from services.allocator import importing
+from services.allocator.importing import BadRule, Problem, StockLine, UnreadableFile
+
+
+@dataclass
+class Parsed:
+    lines: list[StockLine] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def parse(text: str, fmt: importing.Format = "auto", pattern: str | None = None) -> Parsed:
+    """The stream `importing.read` yields, split into codes and problems."""
+    parsed = Parsed()
+    for item in importing.read(io.BytesIO(text.encode()), fmt, pattern):
+        (parsed.problems if isinstance(item, Problem) else parsed.lines).append(item)
+    return parsed
 
 
 def test_one_code_per_line_reports_empty_lines_by_number():
@@ -55,3 +73,37 @@ def test_the_sku_format_rule_is_enforced_without_revealing_codes():
 def test_unreadable_files_are_refused_whole(text, fmt):
     with pytest.raises(UnreadableFile):
         parse(text, fmt)
+
+
+def test_a_line_longer_than_any_stock_line_is_skipped_unread_and_reported():
+    text = "A-1\n" + "x" * (importing.MAX_LINE * 3) + "\nA-2\n"
+    for fmt, first in (("lines", 1), ("csv", 2)):
+        body = text if fmt == "lines" else "code\n" + text
+        parsed = parse(body, fmt)
+        assert [i.code for i in parsed.lines] == ["A-1", "A-2"]
+        assert [(p.line, p.reason) for p in parsed.problems] == [(first + 1, "line too long")]
+
+
+def test_control_characters_and_impossible_costs_are_problems_not_crashes():
+    text = "code,cost,batch\nA\x00B,,\nC-1,1e999999,\nC-2,-1,\nC-3,,lot\u202e\nC-4,2.5,\n"
+    parsed = parse(text)
+    assert [i.code for i in parsed.lines] == ["C-4"]
+    assert [p.line for p in parsed.problems] == [2, 3, 4, 5]
+
+
+def test_format_rules_run_in_linear_time():
+    # (a|a)* backtracks exponentially in Python's re: 4.5 s of a frozen allocator once
+    started = time.perf_counter()
+    parsed = parse("a" * 200 + "b\n" + "aaaa\n", pattern="(a|a)*")
+    assert time.perf_counter() - started < 0.5
+    assert [i.code for i in parsed.lines] == ["aaaa"]
+    with pytest.raises(BadRule):
+        importing.compile_rule("(a)\\1")  # a backreference: RE2 has none, by design
+    with pytest.raises(BadRule):
+        importing.compile_rule("a" * (importing.MAX_PATTERN + 1))
+
+
+def test_a_json_error_never_quotes_the_file():
+    with pytest.raises(UnreadableFile) as caught:
+        parse('["SECRET-CODE-1", SECRET-CODE-2]', "json")
+    assert "SECRET" not in str(caught.value)
