@@ -489,6 +489,7 @@ class Stack:
             },
             "ses": {
                 "access_key": "AKIDTASLEEMSANDBOX",
+                "secret_key": self._platform_secret("ses"),
                 "configuration_set": SES_CONFIGURATION_SET,
                 "sns_endpoint": f"{gateway}/webhooks/ses",
                 "sns_topic_arn": SES_TOPIC_ARN,

@@ -75,9 +75,11 @@ class TwilioConfig(_Section):
 
 
 class SesConfig(_Section):
-    # When set, requests must carry a SigV4 Authorization header naming this key (the signature
-    # itself is not verified). When unset, the sandbox accepts unsigned requests.
+    # When set, requests must carry a valid SigV4 signature by this key pair (recomputed from
+    # the headers the request says it signed, as AWS does). When unset, unsigned is accepted.
     access_key: str | None = None
+    secret_key: str = ""
+    region: str = "me-south-1"
     # events (Delivery, Bounce) of sends naming this configuration set go by SNS to
     # `sns_endpoint`, signed, once the subscription is confirmed; none: no events
     configuration_set: str | None = None

@@ -126,7 +126,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
             service=SERVICE,
         )
 
-        async def received(batch: Sequence[CodesPurchased], conn: DbConn):
+        async def received(batch: Sequence[CodesPurchased], conn: DbConn) -> Applied:
             return await handlers.receive_codes(batch, conn, cipher)
 
         loop = ConsumerLoop(
