@@ -216,4 +216,8 @@ async def _all_codes(sandbox: str) -> list[str]:
 
 
 def scratch_home(name: str) -> Path:
-    return Path(tempfile.gettempdir()) / "tasleem-chaos" / name
+    """A folder per run (`<name>-<time>`): a failed run's logs stay for reading even when the
+    same scenario runs again (the database files are removed after each run; the logs are
+    small)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return Path(tempfile.gettempdir()) / "tasleem-chaos" / f"{name}-{stamp}"
