@@ -133,5 +133,10 @@ RETRIABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
+    # "cannot switch to state 12; another operation (2) is in progress": asyncpg's protocol
+    # state on a connection that broke mid-statement while PostgreSQL restarted. Treated as
+    # permanent it had an order.paid batch isolated and, once, a paid order dead-lettered
+    # (chaos `postgres`); retried, the next attempt gets a fresh connection.
+    asyncpg.exceptions.InternalClientError,
     TimeoutError,
 )

@@ -5,10 +5,12 @@ import json
 import uuid
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from deploy.embedded.broker import client_settings
 from shared import kafka_clients
+from shared.db import RETRIABLE_DB_ERRORS
 from shared.events import InventoryLevel, dlq_topic
 from shared.kafka import (
     ConsumerLoop,
@@ -123,7 +125,20 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
     assert again == [marker]
 
 
-async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, producer):
+@pytest.mark.parametrize(
+    "restarting",
+    [
+        RetriableError("database restarting"),
+        # what asyncpg raises on a connection PostgreSQL cut mid-statement (chaos `postgres`)
+        asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        ),
+        asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"),
+        ConnectionRefusedError(111, "Connection refused"),
+    ],
+    ids=["retriable", "internal-client-state", "shutting-down", "refused"],
+)
+async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, producer, restarting):
     group = f"g-{uuid.uuid4().hex[:6]}"
     await producer.send_and_wait(TOPIC, level(f"{group}-x"), key=b"x")
     calls = {"n": 0}
@@ -133,7 +148,7 @@ async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, produce
         mine = [e.sku for e in batch if e.sku.startswith(group)]
         if mine and calls["n"] < 3:
             calls["n"] += 1
-            raise RetriableError("database restarting")
+            raise restarting
         handled.extend(mine)
 
     loop = ConsumerLoop(
@@ -143,8 +158,10 @@ async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, produce
         ),
         handlers={TOPIC: flaky},
         producer=producer,
+        retriable=RETRIABLE_DB_ERRORS,  # as the allocator and notifier wire it
     )
     await run_until(loop, lambda: bool(handled))
+    # the whole batch again, never isolated into single messages, never dead-lettered
     assert handled == [f"{group}-x"] and calls["n"] == 3
 
 
