@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -83,16 +84,7 @@ class CodeCipher:
         return SealedCode(self._active, nonce + blob)
 
     def open(self, sealed: SealedCode, associated: str) -> str:
-        aead = self._aead.get(sealed.key_id)
-        if aead is None:
-            raise CodeDecryptError(f"unknown key id {sealed.key_id!r}")
-        try:
-            plain = aead.decrypt(
-                sealed.blob[:NONCE_BYTES], sealed.blob[NONCE_BYTES:], associated.encode()
-            )
-        except Exception as exc:  # InvalidTag carries no message worth keeping
-            raise CodeDecryptError("ciphertext does not verify") from exc
-        return plain.decode()
+        return _open(self._aead, sealed, associated)
 
     def fingerprint(self, code: str) -> bytes:
         """Keyed hash of the normalised code: unique across every sku and store."""
@@ -161,20 +153,25 @@ class SecretSealer:
             parsed = SealedCode.from_text(sealed)
         except ValueError:  # binascii.Error included
             raise CodeDecryptError("not a sealed secret") from None
-        aead = self._aead.get(parsed.key_id)
-        if aead is None:
-            raise CodeDecryptError(f"unknown key id {parsed.key_id!r}")
-        try:
-            plain = aead.decrypt(
-                parsed.blob[:NONCE_BYTES], parsed.blob[NONCE_BYTES:], associated.encode()
-            )
-        except Exception as exc:  # InvalidTag carries no message worth keeping
-            raise CodeDecryptError("ciphertext does not verify") from exc
-        return plain.decode()
+        return _open(self._aead, parsed, associated)
 
     def is_current(self, sealed: str) -> bool:
         """Sealed under the key that encrypts now (else it is sealed again at start-up)."""
         return sealed.startswith(self._active + ":")
+
+
+def _open(aeads: Mapping[str, AESGCM], sealed: SealedCode, associated: str) -> str:
+    """Decrypt a sealed value with the key it names: codes and store secrets alike."""
+    aead = aeads.get(sealed.key_id)
+    if aead is None:
+        raise CodeDecryptError(f"unknown key id {sealed.key_id!r}")
+    try:
+        plain = aead.decrypt(
+            sealed.blob[:NONCE_BYTES], sealed.blob[NONCE_BYTES:], associated.encode()
+        )
+    except Exception as exc:  # InvalidTag carries no message worth keeping
+        raise CodeDecryptError("ciphertext does not verify") from exc
+    return plain.decode()
 
 
 def generate_key_settings(key_id: str = "k1") -> dict[str, str]:

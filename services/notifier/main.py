@@ -189,13 +189,23 @@ def init_series(delivery: Delivery) -> None:
 
 
 async def sweep(pool: asyncpg.Pool, delivery: Delivery, older_than_s: float) -> int:
-    """Resume parts left unfinished (a crash after their batch was committed)."""
+    """Resume parts left unfinished (a crash after their batch was committed).
+
+    The stale parts are claimed, not just read: touching `updated_at` in the same statement
+    makes them fresh again, so a second replica sweeping at the same moment (or a redelivered
+    batch) finds nothing stale and leaves each part to the one replica that claimed it."""
     rows = await pool.fetch(
         """
-        SELECT event FROM deliveries
-        WHERE status IN ('pending', 'sending') AND event IS NOT NULL
-          AND updated_at < now() - make_interval(secs => $1)
-        ORDER BY created_at LIMIT 500
+        UPDATE deliveries d SET updated_at = now()
+        FROM (
+            SELECT allocation_event_id FROM deliveries
+            WHERE status IN ('pending', 'sending') AND event IS NOT NULL
+              AND updated_at < now() - make_interval(secs => $1)
+            ORDER BY created_at LIMIT 500
+            FOR UPDATE SKIP LOCKED
+        ) AS stale
+        WHERE d.allocation_event_id = stale.allocation_event_id
+        RETURNING d.event
         """,
         older_than_s,
     )

@@ -4,6 +4,7 @@ circuit breakers, rate limits, receipts, revocation, crash resolution and operat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -602,6 +603,26 @@ async def test_one_slow_message_does_not_hold_its_batch(world, cipher, kafka):
         await running
         await sent_reader.stop()
         await producer.stop()
+
+
+async def test_two_replicas_sweeping_at_once_resume_a_part_once(world, cipher):
+    """Two notifier replicas run their resume sweep at the same moment over one stale part:
+    exactly one takes it, so the buyer gets one message."""
+    world.delivery.providers = {"sms": [CrashAfterSend(world.all_providers["unifonic"])]}
+    event = allocation(cipher, "w2", "SW-2", phone="+966551116666")
+    with pytest.raises(Crash):
+        await deliver([event], world.pool, world.delivery)
+    world.use("unifonic")
+    await world.pool.execute("UPDATE deliveries SET updated_at = now() - interval '1 minute'")
+    other_replica = dataclasses.replace(world.delivery, inflight={})
+    # the second sweep reads the table before the first one's resume has touched anything
+    started = [
+        await sweep(world.pool, world.delivery, 20),
+        await sweep(world.pool, other_replica, 20),
+    ]
+    assert started == [1, 0]
+    await until(lambda: _true(bool(world.late)))
+    assert len(await world.inbox("+966551116666")) == 1
 
 
 async def test_the_sweep_resumes_parts_whose_batch_was_already_committed(world, cipher):
