@@ -15,17 +15,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
+from shared.failures import Failure
 from shared.settings import VaultKeySettings
 
 NONCE_BYTES = 12
 
 
-class VaultKeyError(ValueError):
+class VaultKeyError(Failure, ValueError):
     """The key configuration is missing or malformed."""
 
+    code = "vault_key"
 
-class CodeDecryptError(ValueError):
+
+class CodeDecryptError(Failure, ValueError):
     """A ciphertext does not decrypt with the key it names (tampered, or unknown key id)."""
+
+    code = "undecryptable"
 
 
 @dataclass(frozen=True)

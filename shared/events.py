@@ -14,6 +14,8 @@ from typing import ClassVar, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.failures import Refused
+
 # Namespace for deterministic event ids: the same fact always gets the same id.
 EVENT_NAMESPACE = uuid.UUID("5f0c2a4e-8f55-4a1e-9a52-3c5b3c1e7a10")
 
@@ -50,9 +52,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class UnsupportedVersion(ValueError):
+class UnsupportedVersion(Refused, ValueError):
     """An event of a major version this consumer does not read: refused into the dead-letter
     topic with the reason, never guessed at."""
+
+    code = "unsupported_version"
 
 
 class Event(BaseModel):

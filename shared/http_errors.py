@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from shared.failures import Failure
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,6 +39,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """aiohttp's own 4xx/5xx (404, 405, 413, 400 …) and unforeseen failures, in JSON."""
     try:
         return await handler(request)
+    except Failure as exc:
+        # a failure of ours no handler answered: its own status, code and reason
+        if exc.status >= 500:
+            log.warning(
+                "%s on %s %s: %s", exc.code, request.method, request.rel_url.path[:200], exc.detail
+            )
+        retry = {"Retry-After": "5"} if exc.retriable else None
+        return json_error(exc.status, exc.code, exc.detail, retry)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

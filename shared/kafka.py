@@ -36,17 +36,29 @@ from shared.events import (
     dlq_topic,
     validation_summary,
 )
+from shared.failures import Failure, Refused, Unavailable
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-class PermanentError(Exception):
+class PermanentError(Refused):
     """Retrying cannot help: the message goes to the dead-letter topic with this reason."""
 
+    code = "permanent"
 
-class RetriableError(Exception):
+
+class RetriableError(Unavailable):
     """A dependency is down or busy: the batch is retried, uncommitted, with backoff."""
+
+    code = "retriable"
+
+
+def dead_letter_reason(exc: BaseException) -> str:
+    """`code: detail` for our own failures; the exception's type and text for anything else."""
+    if isinstance(exc, Failure):
+        return exc.summary()
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def publish(producer: AIOKafkaProducer, events: Iterable[Event], service: str = "") -> None:
@@ -153,10 +165,12 @@ class ConsumerLoop:
     """Consumes topics in batches and hands each topic's parsed events to its handler.
 
     - A message that does not parse is poison: dead-lettered with the reason, never retried.
-    - A handler that raises `RetriableError` (or a broker/database connection error) gets the
-      same batch again after a backoff; nothing is committed meanwhile.
+    - A handler that raises a `Failure` whose fate is retry (`RetriableError`, a supplier that
+      is busy …) or a broker/database connection error gets the same batch again after a
+      backoff; nothing is committed meanwhile.
     - A handler that raises anything else on a batch is retried message by message, so one
-      bad message is isolated and dead-lettered while the rest go through.
+      bad message is isolated and dead-lettered (`code: detail` for a `Failure`) while the
+      rest go through.
     - Offsets are committed after the handlers return: at-least-once.
     """
 
@@ -290,7 +304,7 @@ class ConsumerLoop:
                 try:
                     await self._with_retries(topic, [event])
                 except Exception as single_exc:
-                    await self._dead_letter(record, f"{type(single_exc).__name__}: {single_exc}")
+                    await self._dead_letter(record, dead_letter_reason(single_exc))
                     continue
                 metrics.MESSAGES.labels(self.service, topic, "ok").inc()
         else:
@@ -304,13 +318,18 @@ class ConsumerLoop:
             try:
                 await self.handlers[topic](events)
                 return
-            except self.retriable as exc:
-                if self._stopping.is_set():
+            except Exception as exc:
+                if not self._is_retriable(exc) or self._stopping.is_set():
                     raise
                 metrics.RETRIES.labels(self.service, topic).inc()
                 log.warning("retriable error on %s, retrying in %.2fs: %r", topic, backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _is_retriable(self, exc: Exception) -> bool:
+        if isinstance(exc, Failure):
+            return exc.retriable
+        return isinstance(exc, self.retriable)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         headers = [

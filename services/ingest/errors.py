@@ -1,17 +1,25 @@
-"""Why the gateway refuses a webhook: each error is an HTTP status and a stable error code."""
+"""Why the gateway refuses a webhook: each error is an HTTP status and a stable error code.
+
+They are the gateway's words in the shared vocabulary (`shared.failures`): a 5xx is a
+dependency that is down (the platform should retry), a 4xx a request that will never pass.
+"""
 
 from __future__ import annotations
 
+from shared.failures import Failure, Fate
 
-class IngestError(Exception):
+
+class IngestError(Failure):
     """A webhook the gateway refuses; `status` and `code` become the JSON response."""
 
     status = 400
     code = "bad_request"
+    fate = Fate.REFUSE
 
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
+    def __init_subclass__(cls) -> None:
+        # a 5xx says "not now" to the platform, whose retry may then pass
+        super().__init_subclass__()
+        cls.fate = Fate.RETRY if cls.status >= 500 else Fate.REFUSE
 
 
 class InvalidSignature(IngestError):

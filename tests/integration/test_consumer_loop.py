@@ -9,11 +9,13 @@ import asyncpg
 import pytest
 
 from deploy.embedded.broker import client_settings
+from services.restocker.suppliers.base import Reason, SupplierError
 from shared import kafka_clients
 from shared.db import RETRIABLE_DB_ERRORS
 from shared.events import InventoryLevel, dlq_topic
 from shared.kafka import (
     ConsumerLoop,
+    PermanentError,
     RetriableError,
     TopicSpec,
     ensure_topics,
@@ -78,6 +80,7 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
     future = json.loads(level(f"{group}-v2")) | {"schema_version": 2}
     await producer.send_and_wait(TOPIC, json.dumps(future).encode(), key=b"v2")
     await producer.send_and_wait(TOPIC, level(f"{group}-explodes"), key=b"bad")
+    await producer.send_and_wait(TOPIC, level(f"{group}-refused"), key=b"refused")
     for sku in skus[3:]:
         await producer.send_and_wait(TOPIC, level(sku), key=sku.encode())
 
@@ -86,6 +89,8 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
     async def handler(batch):
         if any(e.sku.endswith("explodes") for e in batch):
             raise ValueError("this message cannot be handled")
+        if any(e.sku.endswith("refused") for e in batch):
+            raise PermanentError("sku is not sold by this store")
         handled.extend(e.sku for e in batch if e.sku.startswith(group))
 
     settings = ServiceSettings(kafka_bootstrap=kafka)
@@ -99,13 +104,17 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
     assert sorted(handled) == sorted(skus)
 
     dead = [
-        r for r in await read_all(kafka, dlq_topic(TOPIC), 3) if r.key in (b"poison", b"bad", b"v2")
+        r
+        for r in await read_all(kafka, dlq_topic(TOPIC), 4)
+        if r.key in (b"poison", b"bad", b"v2", b"refused")
     ]
     reasons = {r.key: dict(r.headers)["dlq-reason"].decode() for r in dead}
     assert "invalid InventoryLevel" in reasons[b"poison"]
     # a major version this consumer does not read is refused, not guessed at
     assert "schema_version 2" in reasons[b"v2"] and f"{group}-v2" not in handled
     assert "ValueError" in reasons[b"bad"]
+    # our own failures are dead-lettered by their code and reason (shared.failures)
+    assert reasons[b"refused"] == "permanent: sku is not sold by this store"
 
     # offsets were committed: a new consumer in the same group gets nothing again
     again: list[str] = []
@@ -129,6 +138,8 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
     "restarting",
     [
         RetriableError("database restarting"),
+        # any failure of ours whose fate is retry, whatever its class (a busy supplier …)
+        SupplierError("supplier: order: rate limited", Reason.RATE_LIMITED, True),
         # what asyncpg raises on a connection PostgreSQL cut mid-statement (chaos `postgres`)
         asyncpg.exceptions.InternalClientError(
             "cannot switch to state 12; another operation (2) is in progress"
@@ -136,7 +147,7 @@ async def test_poison_and_failing_messages_are_dead_lettered_and_the_rest_delive
         asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"),
         ConnectionRefusedError(111, "Connection refused"),
     ],
-    ids=["retriable", "internal-client-state", "shutting-down", "refused"],
+    ids=["retriable", "retry-fate", "internal-client-state", "shutting-down", "refused"],
 )
 async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, producer, restarting):
     group = f"g-{uuid.uuid4().hex[:6]}"

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from deploy.embedded.processes import free_port
 from shared import runtime
+from shared.failures import Refused, Unavailable
 from shared.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,6 +22,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 async def _boom(_: web.Request) -> web.Response:
     raise RuntimeError("a bug, with a secret in its message: s3cr3t")
+
+
+class _SupplierDown(Unavailable):
+    code = "supplier_down"
+
+
+async def _unavailable(_: web.Request) -> web.Response:
+    raise _SupplierDown("the supplier did not answer")
+
+
+async def _refused(_: web.Request) -> web.Response:
+    raise Refused("quantity must be at least 1")
 
 
 async def _read(request: web.Request) -> web.Response:
@@ -32,6 +45,8 @@ async def _serve(header_timeout_s: float) -> tuple[web.AppRunner, str]:
     rt = runtime.Runtime("test", ServiceSettings(), app)
     app.add_routes(runtime.admin_routes(rt))
     app.router.add_get("/boom", _boom)
+    app.router.add_get("/unavailable", _unavailable)
+    app.router.add_get("/refused", _refused)
     app.router.add_post("/read", _read)
     runner = runtime.runner(app, header_timeout_s=header_timeout_s)
     await runner.setup()
@@ -57,6 +72,9 @@ async def server() -> AsyncIterator[str]:
         ("POST", "/healthz", None, 405, "method_not_allowed"),
         ("POST", "/read", b"x" * 2048, 413, "request_entity_too_large"),
         ("GET", "/boom", None, 500, "internal_error"),
+        # a failure of ours no handler answered keeps its own status, code and reason
+        ("GET", "/unavailable", None, 503, "supplier_down"),
+        ("GET", "/refused", None, 422, "refused"),
     ],
 )
 async def test_every_error_is_json_with_an_error_key(server, method, path, body, status, error):
@@ -71,6 +89,11 @@ async def test_every_error_is_json_with_an_error_key(server, method, path, body,
         assert "s3cr3t" not in await reply.text()
         if status == 405:
             assert "GET" in reply.headers["Allow"]
+        if error == "supplier_down":
+            assert answer["detail"] == "the supplier did not answer"
+            assert reply.headers["Retry-After"]  # the caller may try again
+        if error == "refused":
+            assert "Retry-After" not in reply.headers
 
 
 async def _slow_client(url: str) -> float:

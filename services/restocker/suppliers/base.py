@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from shared.failures import Failure, Fate
+
 
 class Reason(StrEnum):
     OUT_OF_STOCK = "out_of_stock"
@@ -30,18 +32,21 @@ class Reason(StrEnum):
 FAIL_OVER_AT_ONCE = frozenset({Reason.OUT_OF_STOCK, Reason.INSUFFICIENT_BALANCE, Reason.REFUSED})
 
 
-class SupplierError(Exception):
+class SupplierError(Failure):
     """A supplier call failed. `settled` is True when the supplier surely holds no order
-    for the reference (it answered, and said no), so another supplier may be used."""
+    for the reference (it answered, and said no), so another supplier may be used.
+
+    Its fate: a supplier out of stock, out of balance or refusing fails over to the next one at
+    once; anything else (busy, down, an unknown outcome) is tried again later."""
+
+    status = 502
 
     def __init__(self, message: str, reason: Reason, settled: bool) -> None:
         super().__init__(message)
         self.reason = reason
         self.settled = settled
-
-    @property
-    def retriable(self) -> bool:
-        return self.reason not in FAIL_OVER_AT_ONCE
+        self.code = f"supplier_{reason.value}"
+        self.fate = Fate.FAIL_OVER if reason in FAIL_OVER_AT_ONCE else Fate.RETRY
 
 
 @dataclass(frozen=True)
