@@ -10,6 +10,7 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import ClassVar, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -299,6 +300,15 @@ class StoreConfig(Event):
         return self.store_id.encode()
 
 
+class ReceiptStatus(StrEnum):
+    """A provider's word on a message it accepted: it holds it, the buyer has it, or it failed
+    after all. The values are the wire form, on the topic and in the notifier's tables."""
+
+    ACCEPTED = "accepted"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 class DeliveryReceipt(Event):
     """A provider's word on a message it accepted, verified by the gateway: it holds it
     (`accepted`: WhatsApp's "sent", SES's "Send"), the buyer has it, or it failed after all."""
@@ -307,7 +317,7 @@ class DeliveryReceipt(Event):
 
     provider: Literal["whatsapp", "unifonic", "twilio", "email"]
     provider_message_id: str = Field(min_length=1, max_length=256)
-    status: Literal["accepted", "delivered", "failed"]
+    status: ReceiptStatus
     error: str = Field(default="", max_length=300)
     # our attempt key and order key, where the provider echoes them back (attempt_reference)
     attempt_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")

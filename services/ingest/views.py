@@ -21,7 +21,7 @@ from services.ingest.errors import (
     UnsupportedMediaType,
 )
 from services.ingest.fields import valid_store_id
-from services.ingest.metrics import IN_FLIGHT, PUBLISH_SECONDS, RECEIVED, REJECTED
+from services.ingest.metrics import IN_FLIGHT, PUBLISH_SECONDS, RECEIVED, REJECTED, Outcome
 from services.ingest.platforms import ADAPTERS, Adapter, PlatformApis
 from services.ingest.settings import IngestSettings
 from services.ingest.stores import StoreRegistry
@@ -47,7 +47,7 @@ async def webhook(request: web.Request) -> web.Response:
             raise UnknownStore("no such platform: " + ", ".join(ADAPTERS) + " are served")
         status, body = await _accept(request, adapter)
     except IngestError as exc:
-        RECEIVED.labels(platform, "rejected").inc()
+        RECEIVED.labels(platform, Outcome.REJECTED).inc()
         REJECTED.labels(platform, exc.code).inc()
         headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
         return web.json_response(
@@ -79,7 +79,7 @@ async def _accept(request: web.Request, adapter: Adapter) -> tuple[int, dict[str
             f"the body did not arrive within {settings.body_read_timeout_s} s"
         ) from None
     if adapter.is_ping(request.content_type, raw):
-        RECEIVED.labels(platform, "ping").inc()
+        RECEIVED.labels(platform, Outcome.PING).inc()
         return 200, {"status": "ok"}
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
@@ -92,8 +92,8 @@ async def _accept(request: web.Request, adapter: Adapter) -> tuple[int, dict[str
     if event is not None and adapter.confirm is not None:
         event = await adapter.confirm(request.app[PLATFORM_APIS], store, event)
     if event is None:
-        RECEIVED.labels(platform, "ignored").inc()
-        return 200, {"status": "ignored"}
+        RECEIVED.labels(platform, Outcome.IGNORED).inc()
+        return 200, {"status": Outcome.IGNORED}
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.publish_timeout_s):
@@ -104,9 +104,9 @@ async def _accept(request: web.Request, adapter: Adapter) -> tuple[int, dict[str
         log.warning("broker did not acknowledge %s: %r", event.topic, exc)
         raise BrokerUnavailable("the order could not be stored yet; retry later") from None
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
-    RECEIVED.labels(platform, "accepted").inc()
+    RECEIVED.labels(platform, Outcome.ACCEPTED).inc()
     return adapter.accepted_status, {
-        "status": "accepted",
+        "status": Outcome.ACCEPTED,
         "event_id": event.event_id,
         "order_key": event.order_key,
     }

@@ -15,10 +15,22 @@ import hashlib
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 
 from pydantic import BaseModel
 
 from shared.events import InventoryLevel, Stock
+
+
+class PurchaseStatus(StrEnum):
+    """Where a purchase stands. The values are what the restocker's table holds."""
+
+    ROUTING = "routing"  # choosing a supplier
+    ORDERING = "ordering"  # the order is being sent to `supplier`
+    PENDING = "pending"  # the supplier holds it and has not delivered yet
+    RETRYING = "retrying"  # every supplier said no or failed this round; waits `next_try_at`
+    BLOCKED = "blocked"  # no supplier may be used (caps, prices): an operator must act
+    PUBLISHED = "published"  # its codes are on codes.purchased
 
 
 class Purchase(BaseModel):
@@ -37,7 +49,7 @@ class Purchase(BaseModel):
     unit_price: str | None = None
     reserved: str = "0"  # spend reserved against the store's daily cap
     reserved_day: str = ""
-    status: str = "routing"  # routing, ordering, pending, retrying, blocked, published
+    status: PurchaseStatus = PurchaseStatus.ROUTING
     published_at: float = 0.0
     republished: bool = False
     last_error: str = ""

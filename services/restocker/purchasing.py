@@ -26,6 +26,7 @@ from services.restocker.policy import (
     Offer,
     Policy,
     Purchase,
+    PurchaseStatus,
     SkuState,
     affordable,
     rank,
@@ -140,7 +141,7 @@ class Purchasing:
                 await task
 
     def _due(self, purchase: Purchase, now: float) -> bool:
-        if purchase.status == "published":
+        if purchase.status == PurchaseStatus.PUBLISHED:
             return now - purchase.published_at >= self.limits.resume_after_s
         return now >= purchase.next_try_at
 
@@ -162,7 +163,7 @@ class Purchasing:
             purchase = state.purchase
             if purchase is None:
                 return
-            if purchase.status == "published":
+            if purchase.status == PurchaseStatus.PUBLISHED:
                 if purchase.republished:
                     # bought and published twice, yet the vault counts fewer codes (some were
                     # duplicates of codes it holds): the purchase is done, as far as it can be
@@ -206,7 +207,7 @@ class Purchasing:
                     return
                 if outcome is None:
                     purchase.sent = True
-                    purchase.status = "ordering"
+                    purchase.status = PurchaseStatus.ORDERING
                     if not self._save(stock, purchase):  # recorded before the call
                         return
                     if self.durable is not None:
@@ -217,7 +218,7 @@ class Purchasing:
                     return
                 continue
             if isinstance(outcome, Pending):
-                purchase.status = "pending"
+                purchase.status = PurchaseStatus.PENDING
                 purchase.failures = 0
                 if not self._save(stock, purchase):
                     return
@@ -265,7 +266,7 @@ class Purchasing:
         purchase.unit_price = str(best.unit_price) if best.unit_price is not None else None
         purchase.reserved = str(cost)
         purchase.reserved_day = day
-        purchase.status = "ordering"
+        purchase.status = PurchaseStatus.ORDERING
         state.spend = {day: str(state.spent(day) + cost)}  # only today's figure matters
         if state.alert:
             log.info("stock.low cleared for %s: buying from %s", stock, best.supplier)
@@ -298,11 +299,11 @@ class Purchasing:
             purchase.tried.append(supplier.name)
             purchase.supplier = None
             purchase.failures = 0
-            purchase.status = "routing"
+            purchase.status = PurchaseStatus.ROUTING
             return self._save(stock, purchase)
         pause = min(self.limits.retry_s * 2 ** (purchase.failures - 1), self.limits.retry_max_s)
         purchase.next_try_at = self.clock() + pause
-        purchase.status = "retrying"
+        purchase.status = PurchaseStatus.RETRYING
         log.warning(
             "purchase %s at %s failed (%s), try %d; again in %.1fs",
             purchase.reference,
@@ -351,7 +352,7 @@ class Purchasing:
             state.purchases += 1
             state.bought += len(delivery.codes)
         if state.purchase is not None and state.purchase.decided_at == purchase.decided_at:
-            purchase.status = "published"
+            purchase.status = PurchaseStatus.PUBLISHED
             purchase.published_at = self.clock()
             purchase.expected_total = purchase.base_total + len(delivery.codes)
             purchase.failures = 0
@@ -366,7 +367,7 @@ class Purchasing:
         """Nothing can be bought now: alert, and ask every supplier again later."""
         purchase.tried = []
         purchase.supplier = None
-        purchase.status = "blocked"
+        purchase.status = PurchaseStatus.BLOCKED
         purchase.next_try_at = self.clock() + self.limits.blocked_retry_s
         self._alert(stock, reason, kind)
         self._save(stock, purchase)

@@ -19,6 +19,7 @@ from services.ingest.errors import InvalidSignature, MalformedJson
 from services.ingest.receipts.errors import InvalidReceipt, ReceiptsOff
 from shared.events import (
     DeliveryReceipt,
+    ReceiptStatus,
     event_id_for,
     parse_attempt_reference,
     utcnow,
@@ -26,12 +27,11 @@ from shared.events import (
 )
 
 Provider = Literal["whatsapp", "unifonic", "twilio", "email"]
-Status = Literal["accepted", "delivered", "failed"]
 MAX_STATUSES = 1000  # per request: what one POST may cost
 
 
 def receipt(
-    provider: Provider, message_id: str, status: Status, error: str = "", reference: str = ""
+    provider: Provider, message_id: str, status: ReceiptStatus, error: str = "", reference: str = ""
 ) -> DeliveryReceipt:
     """The same receipt retried by its provider gets the same event id."""
     attempt_key, order_key = parse_attempt_reference(reference) if reference else (None, None)
@@ -101,11 +101,11 @@ def whatsapp_signature(app_secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-WHATSAPP_STATUS: dict[str, Status] = {
-    "sent": "accepted",
-    "delivered": "delivered",
-    "read": "delivered",
-    "failed": "failed",
+WHATSAPP_STATUS: dict[str, ReceiptStatus] = {
+    "sent": ReceiptStatus.ACCEPTED,
+    "delivered": ReceiptStatus.DELIVERED,
+    "read": ReceiptStatus.DELIVERED,
+    "failed": ReceiptStatus.FAILED,
 }
 
 
@@ -156,12 +156,12 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, str]) -> st
     ).decode()
 
 
-TWILIO_STATUS: dict[str, Status] = {
-    "sent": "accepted",
-    "delivered": "delivered",
-    "read": "delivered",
-    "failed": "failed",
-    "undelivered": "failed",
+TWILIO_STATUS: dict[str, ReceiptStatus] = {
+    "sent": ReceiptStatus.ACCEPTED,
+    "delivered": ReceiptStatus.DELIVERED,
+    "read": ReceiptStatus.DELIVERED,
+    "failed": ReceiptStatus.FAILED,
+    "undelivered": ReceiptStatus.FAILED,
 }
 
 
@@ -184,12 +184,12 @@ def twilio(
 
 # ---- Unifonic DLRs ---------------------------------------------------------------------------
 
-UNIFONIC_STATUS: dict[str, Status] = {
-    "delivered": "delivered",
-    "undeliverable": "failed",
-    "failed": "failed",
-    "rejected": "failed",
-    "expired": "failed",
+UNIFONIC_STATUS: dict[str, ReceiptStatus] = {
+    "delivered": ReceiptStatus.DELIVERED,
+    "undeliverable": ReceiptStatus.FAILED,
+    "failed": ReceiptStatus.FAILED,
+    "rejected": ReceiptStatus.FAILED,
+    "expired": ReceiptStatus.FAILED,
 }
 
 
@@ -211,7 +211,7 @@ def unifonic(token: str, offered: str, fields: Mapping[str, str]) -> list[Delive
             "unifonic",
             mid,
             status,
-            dlr if status == "failed" else "",
+            dlr if status == ReceiptStatus.FAILED else "",
             fields.get("CorrelationID", ""),
         )
     ]

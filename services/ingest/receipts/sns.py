@@ -23,8 +23,8 @@ from yarl import URL
 
 from services.ingest.errors import InvalidSignature
 from services.ingest.receipts.errors import CertificateUnavailable, ReceiptsOff
-from services.ingest.receipts.formats import Status, invalid, json_body, receipt
-from shared.events import DeliveryReceipt, reference_from_token
+from services.ingest.receipts.formats import invalid, json_body, receipt
+from shared.events import DeliveryReceipt, ReceiptStatus, reference_from_token
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +171,16 @@ def ses_receipts(message: SnsMessage) -> list[DeliveryReceipt]:
     except ValidationError as exc:
         raise invalid(exc, "an SES event") from None
     kind = event.eventType or event.notificationType or ""
-    status: Status | None = None
+    status: ReceiptStatus | None = None
     error = ""
     if kind == "Delivery":
-        status = "delivered"
+        status = ReceiptStatus.DELIVERED
     elif kind == "Send":
-        status = "accepted"
+        status = ReceiptStatus.ACCEPTED
     elif kind == "Bounce" and event.bounce is not None and event.bounce.bounceType == "Permanent":
-        status, error = "failed", f"bounce {event.bounce.bounceSubType}".strip()
+        status, error = ReceiptStatus.FAILED, f"bounce {event.bounce.bounceSubType}".strip()
     elif kind == "Reject":
-        status, error = "failed", "rejected by SES"
+        status, error = ReceiptStatus.FAILED, "rejected by SES"
     if status is None:
         return []  # transient bounces, complaints, opens: not a delivery outcome
     tags = event.mail.tags.get(REFERENCE_TAG) or [""]

@@ -22,6 +22,7 @@ from services.ingest.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from services.ingest.metrics import Outcome
 from services.ingest.receipts import formats, sns
 from services.ingest.receipts.errors import CertificateUnavailable, InvalidReceipt
 from services.ingest.receipts.settings import ReceiptSettings
@@ -103,7 +104,7 @@ class ReceiptGateway:
             )
         except IngestError as exc:
             return _refused("whatsapp", exc)
-        RECEIVED.labels("whatsapp", "ignored").inc()
+        RECEIVED.labels("whatsapp", Outcome.IGNORED).inc()
         return web.Response(text=challenge)
 
     async def whatsapp(self, request: web.Request) -> web.Response:
@@ -183,8 +184,8 @@ class ReceiptGateway:
                 await self.publish(receipts)
         except IngestError as exc:
             return _refused(provider, exc)
-        RECEIVED.labels(provider, "accepted" if receipts else "ignored").inc()
-        return web.json_response({"status": "accepted", "receipts": len(receipts)})
+        RECEIVED.labels(provider, Outcome.ACCEPTED if receipts else Outcome.IGNORED).inc()
+        return web.json_response({"status": Outcome.ACCEPTED, "receipts": len(receipts)})
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -197,7 +198,7 @@ class ReceiptGateway:
 
 
 def _refused(provider: str, exc: IngestError) -> web.Response:
-    RECEIVED.labels(provider, "rejected").inc()
+    RECEIVED.labels(provider, Outcome.REJECTED).inc()
     headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
     return web.json_response(
         {"error": exc.code, "detail": exc.detail}, status=exc.status, headers=headers
@@ -206,5 +207,5 @@ def _refused(provider: str, exc: IngestError) -> web.Response:
 
 def init_series() -> None:
     for provider in PROVIDERS:
-        for outcome in ("accepted", "ignored", "rejected"):
+        for outcome in (Outcome.ACCEPTED, Outcome.IGNORED, Outcome.REJECTED):
             RECEIVED.labels(provider, outcome)
