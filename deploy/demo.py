@@ -37,7 +37,9 @@ class SurgeResult:
     delivered_units: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seen_events: set[str] = field(default_factory=set)
     failed_orders: set[str] = field(default_factory=set)
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # per message (part) sent
+    # per order: paid -> its last part accepted (a backordered part arrives after a purchase)
+    order_latency_ms: dict[str, float] = field(default_factory=dict)
     customers: dict[str, str] = field(default_factory=dict)  # order key -> phone
     elapsed_s: float = 0.0
 
@@ -226,6 +228,10 @@ class _Watcher:
                         result.seen_events.add(sent.event_id)
                         result.delivered_units[sent.order_key] += sent.code_count
                         result.latencies_ms.append(sent.paid_to_accepted_ms)
+                        result.order_latency_ms[sent.order_key] = max(
+                            result.order_latency_ms.get(sent.order_key, 0.0),
+                            sent.paid_to_accepted_ms,
+                        )
                     else:
                         failed = MessageFailed.model_validate_json(record.value)
                         result.failed_orders.add(failed.order_key)

@@ -55,11 +55,15 @@ class Applied:
     rows: list[outbox.OutboxRow] = field(default_factory=list)
     sold: Counter[Stock] = field(default_factory=Counter)  # units that got a code, per stock
     touched: set[Stock] = field(default_factory=set)  # stocks whose level changed
+    # stocks that left units of this batch waiting for a code: a buyer waits until the
+    # restocker hears of it and buys them, so their level is reported at once
+    short: set[Stock] = field(default_factory=set)
 
     def merge(self, other: Applied) -> Applied:
         self.rows.extend(other.rows)
         self.sold.update(other.sold)
         self.touched |= other.touched
+        self.short |= other.short
         return self
 
 
@@ -162,9 +166,10 @@ async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
             )
         )
     served = {key for key, units in by_order.items() if any(u.code for u in units)}
+    all_units = [u for units in by_order.values() for u in units]
     try:
         await _insert_orders(conn, orders, served)
-        await vault.insert_units(conn, [u for units in by_order.values() for u in units])
+        await vault.insert_units(conn, all_units)
     except asyncpg.UniqueViolationError as exc:
         # Only another allocator writing the same orders gets here (the partition's previous
         # owner, mid-rebalance): it won. Once it commits, the retry finds the orders and skips.
@@ -175,8 +180,9 @@ async def allocate(batch: Sequence[OrderPaid], conn: DbConn) -> Applied:
         _allocated(o, by_order[o.order_key], now) for o in orders if o.order_key in served
     ]
     applied = Applied(
-        sold=Counter(u.stock for units in by_order.values() for u in units if u.code),
+        sold=Counter(u.stock for u in all_units if u.code),
         touched=stocks,
+        short={u.stock for u in all_units if not u.code},
     )
     if behind:
         backlog_events, backlog = await fill_backorders(conn, behind)
@@ -282,7 +288,11 @@ async def receive_codes(
         ]
         await vault.store_codes(conn, stock, codes, source=event.supplier)
         stocks.add(stock)
-    return await distribute(conn, stocks)
+    applied = await distribute(conn, stocks)
+    if stocks:
+        # buyers still wait: the restocker buys the next lot once it sees this one landed
+        applied.short |= await vault.stocks_with_backorders(conn, stocks)
+    return applied
 
 
 async def cancel(batch: Sequence[OrderCancelled], conn: DbConn) -> Applied:

@@ -5,6 +5,11 @@ transaction only notes which skus moved; this reporter counts them at most once 
 and publishes one level per sku. Every sku is also reported now and then when nothing moved,
 so a restocker that lost its state catches up. A level lost in a crash is harmless: it is a
 snapshot, and the next one replaces it.
+
+A stock that ran short (units left waiting for a code) is reported at once instead, a few
+milliseconds later so that the batches of a burst share one report: a buyer waits for the
+restocker to hear of it, and half an interval on average was a third of paid → delivered for
+a sku bought on demand (bench `headline`).
 """
 
 from __future__ import annotations
@@ -33,21 +38,30 @@ class LevelReporter:
         *,
         interval_s: float = 0.5,
         refresh_s: float = 30.0,
+        short_gather_s: float = 0.01,
         service: str = "allocator",
     ):
         self.pool = pool
         self.producer = producer
         self.interval_s = interval_s
         self.refresh_s = refresh_s
+        self.short_gather_s = short_gather_s
         self.service = service
         self._sold: Counter[Stock] = Counter()
         self._touched: set[Stock] = set()
         self._stopping = asyncio.Event()
+        self._short = asyncio.Event()  # set when a stock ran short: report without waiting
 
-    def record(self, touched: set[Stock], sold: Counter[Stock]) -> None:
-        """Note stocks that moved (after their transaction committed)."""
+    def record(
+        self, touched: set[Stock], sold: Counter[Stock], short: set[Stock] | None = None
+    ) -> None:
+        """Note stocks that moved (after their transaction committed); `short` ones (units
+        left waiting for a code) are reported at once."""
         self._touched |= touched
         self._sold.update(sold)
+        if short:
+            self._touched |= short
+            self._short.set()
 
     async def report(self, stocks: set[Stock]) -> None:
         wanted = handlers.reportable(stocks)
@@ -74,7 +88,10 @@ class LevelReporter:
                 self._touched |= stocks
                 log.warning("inventory levels not reported, will retry: %r", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+                await asyncio.wait_for(self._short.wait(), self.interval_s)
+            if self._short.is_set() and not self._stopping.is_set():
+                await asyncio.sleep(self.short_gather_s)  # the rest of a burst joins in
+            self._short.clear()
 
     async def _all_stocks(self) -> set[Stock]:
         rows = await self.pool.fetch("SELECT account, sku FROM sku_totals")
@@ -82,3 +99,4 @@ class LevelReporter:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._short.set()  # ends the wait

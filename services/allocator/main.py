@@ -70,7 +70,7 @@ def transactional(
         async with pool.acquire() as conn, conn.transaction():
             applied = await work(batch, conn)
         await relay.submit(applied.rows)
-        levels.record(applied.touched, applied.sold)
+        levels.record(applied.touched, applied.sold, applied.short)
 
     return handle
 

@@ -45,6 +45,8 @@ class RestockerSettings(ServiceSettings, VaultKeySettings):
     default_daily_spend_cap: Decimal | None = None
 
     max_failures: int = 3
+    # a supplier found down or throttling is skipped by other purchases this long
+    supplier_rest_s: float = 30.0
     retry_s: float = 2.0
     blocked_retry_s: float = 30.0
     poll_interval_s: float = 1.0
@@ -91,6 +93,7 @@ class RestockerSettings(ServiceSettings, VaultKeySettings):
     def limits(self) -> Limits:
         return Limits(
             max_failures=self.max_failures,
+            rest_s=self.supplier_rest_s,
             retry_s=self.retry_s,
             blocked_retry_s=self.blocked_retry_s,
             poll_s=self.poll_interval_s,

@@ -192,6 +192,31 @@ async def test_insufficient_balance_and_outage_fail_over_to_the_encrypted_suppli
     await purchasing.close()
 
 
+async def test_buyers_waiting_fail_over_at_the_first_outage_and_the_down_supplier_rests(shop):
+    # retries so slow that only failing over at once publishes within the test's limit
+    slow = Limits(max_failures=3, retry_s=30, retry_max_s=30, blocked_retry_s=30, poll_s=0.05)
+    purchasing = shop.purchasing(slow)
+    await shop.fault("reloadly", down=True)
+    shop.want("SKU-A", 2)
+    waiting = shop.ledger.get("SKU-A")
+    waiting.backordered = 2  # two buyers have paid and wait for these codes
+    shop.ledger.put("SKU-A", waiting)
+    purchasing.kick(S("SKU-A"))
+    await until(purchasing, lambda: published(shop, "SKU-A"), limit_s=5)
+    assert [supplier for _, supplier, _, _ in shop.published] == ["bamboo"]
+
+    # stock bought ahead (no buyer waits) would retry the preferred supplier, but it rests:
+    # the purchase goes straight to the next one, never paying the outage's retries again
+    shop.want("SKU-B", 3)
+    purchasing.kick(S("SKU-B"))
+    await until(purchasing, lambda: published(shop, "SKU-B"), limit_s=5)
+    ahead = shop.ledger.get("SKU-B").purchase
+    assert ahead is not None and ahead.supplier == "bamboo"
+    assert ahead.tried == [] and ahead.last_error == ""
+    assert await shop.orders("reloadly") == []
+    await purchasing.close()
+
+
 async def test_a_pending_order_does_not_hold_up_other_skus(shop):
     def split(settings: list[SupplierSettings]) -> None:
         settings[0].products = {"SKU-B": "102"}  # reloadly sells only SKU-B here
