@@ -202,5 +202,12 @@ def handled(command: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
+def plural(count: int, word: str) -> str:
+    """`1 code`, `2 codes`, `3 batches`."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {word}{'es' if word.endswith(('ch', 's')) else 's'}"
+
+
 def show_json(answer: Any) -> None:
     typer.echo(json.dumps(answer, ensure_ascii=False, indent=None))

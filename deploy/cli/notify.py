@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from deploy.cli import api
@@ -78,7 +79,7 @@ def deliveries(
     if as_json:
         api.show_json(answer)
         return
-    parts = Table(title=f"Deliveries of {answer['order_key']}")
+    parts = Table(title=f"Deliveries of {answer['order_key']}", box=box.SIMPLE_HEAD)
     for column in ("part", "status", "channel", "provider", "attempts", "reasons"):
         parts.add_column(column, overflow="fold")
     for p in answer["parts"]:
@@ -92,7 +93,7 @@ def deliveries(
         )
     api.console.print(parts)
     if answer["resends"]:
-        resends = Table(title="Resends")
+        resends = Table(title="Resends", box=box.SIMPLE_HEAD)
         for column in ("when", "caller", "to", "reason", "outcome"):
             resends.add_column(column, overflow="fold")
         for r in answer["resends"]:
@@ -145,12 +146,11 @@ def show_resend(answer: dict[str, Any]) -> None:
     )
     api.console.print(f"resent to {whom} (audit {answer['audit_id']})", highlight=False)
     for part in answer["parts"]:
-        how = " via ".join(x for x in (part.get("channel"), part.get("provider")) if x)
-        why = "; ".join(part.get("reasons") or [])
-        api.console.print(
-            f"  part {part['part']}: {part['status']}"
-            + (f" {how}" if how else "")
-            + (f" ({why})" if why else ""),
-            highlight=False,
-            markup=False,
-        )
+        line = f"  part {part['part']}: {part['status']}"
+        if part.get("channel"):
+            line += f" by {part['channel']}" + (
+                f" through {part['provider']}" if part.get("provider") else ""
+            )
+        if part.get("reasons"):
+            line += f" ({'; '.join(part['reasons'])})"
+        api.console.print(line, highlight=False, markup=False, soft_wrap=True)

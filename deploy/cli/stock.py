@@ -3,10 +3,12 @@ between accounts, through the allocator's admin API (api.py: which allocator, wh
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from deploy.cli import api
@@ -68,20 +70,18 @@ def import_file(
 
 
 def show_import(report: dict[str, Any]) -> None:
-    refused = report["invalid_count"]
-    api.console.print(
-        f"{report['account']} / {report['sku']}: [bold]{report['added']} added[/bold], "
-        f"{report['duplicates']} duplicate{'s' * (report['duplicates'] != 1)} skipped, "
-        f"{refused} line{'s' * (refused != 1)} refused",
-        highlight=False,
+    say = functools.partial(api.console.print, highlight=False, markup=False, soft_wrap=True)
+    say(
+        f"{report['account']} / {report['sku']}: {report['added']} added, "
+        f"{api.plural(report['duplicates'], 'duplicate')} skipped, "
+        f"{api.plural(report['invalid_count'], 'line')} refused"
     )
     if report["duplicate_lines"]:
-        lines = ", ".join(map(str, report["duplicate_lines"]))
-        api.console.print(f"  duplicates: line {lines}", highlight=False)
+        say(f"  duplicates: line {', '.join(map(str, report['duplicate_lines']))}")
     for problem in report["invalid"]:
-        api.console.print(f"  line {problem['line']}: {problem['reason']}", highlight=False)
+        say(f"  line {problem['line']}: {problem['reason']}")
     if report["truncated"]:
-        api.console.print("  (the first lines of each kind only: --json has the counts)")
+        say("  (the first lines of each kind only: --json has the counts)")
 
 
 @app.command()
@@ -111,10 +111,13 @@ def levels_table(answer: dict[str, Any]) -> Table:
     table = Table(
         title=f"Stock of {answer['account']}",
         caption=f"expiring: within {answer['expiring_days']} days; held: from cancelled orders",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
     )
     for key, header in LEVEL_COLUMNS:
         if key == "sku":  # a long sku wraps inside its cell; the numbers never do
-            table.add_column(header, overflow="fold", min_width=3)
+            table.add_column(header, overflow="fold", min_width=8)
         else:
             table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for row in answer["skus"]:
@@ -183,7 +186,7 @@ def move(
         api.show_json(answer)
         return
     api.console.print(
-        f"{answer['moved']} available code{'s' * (answer['moved'] != 1)} of {answer['sku']} "
+        f"{api.plural(answer['moved'], 'available code')} of {answer['sku']} "
         f"moved from {answer['from']} to {answer['to']}",
         highlight=False,
         markup=False,

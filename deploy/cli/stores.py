@@ -12,6 +12,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from deploy.cli import api
@@ -237,21 +238,34 @@ def list_stores(
 
 
 def stores_table(stores: list[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table(title=title)
-    for column in ("id", "platform", "name", "locale", "channels", "secrets", "API", "skus"):
-        table.add_column(column, overflow="fold")
+    """Stores for people, whole at 80 columns: six columns, the buyers' language beside the
+    name, a secret (and Zid's API credential) by the first 8 hex digits of its fingerprint
+    (enough to tell them apart; --json has every field)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    widest_id = max((len(s["store_id"]) for s in stores), default=2)
+    table.add_column("id", overflow="fold", min_width=min(widest_id, 12), max_width=20)
+    table.add_column("platform", no_wrap=True, min_width=11)
+    table.add_column("name (lang)", overflow="fold", min_width=6, max_width=16)
+    table.add_column("channels", no_wrap=True, min_width=8)
+    table.add_column("secrets", no_wrap=True, min_width=12)
+    table.add_column("skus", justify="right", no_wrap=True, min_width=4)
     for s in stores:
+        secrets = [short(f) for f in s["secrets"]]
+        if s["api_credential"]:
+            secrets.append("api " + short(s["api_credential"]))
         table.add_row(
             s["store_id"],
             s["platform"],
-            s["name"],
-            s["locale"],
-            ",".join(s["channels"]),
-            " ".join(s["secrets"]),
-            s["api_credential"] or "",
+            f"{s['name']} ({s['locale']})",
+            "\n".join(s["channels"]),
+            "\n".join(secrets),
             str(len(s["sku_map"])),
         )
     return table
+
+
+def short(fingerprint: str) -> str:
+    return fingerprint.partition(":")[2][:8] or fingerprint[:8]
 
 
 @app.command()

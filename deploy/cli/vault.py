@@ -34,15 +34,16 @@ def rekey_codes(
         api.show_json(report)
     else:
         api.console.print(
-            f"{report['rekeyed']} codes re-sealed under key {report['key_id']} in "
-            f"{report['batches']} batches; {report['remaining_old']} left under another key",
+            f"{api.plural(report['rekeyed'], 'code')} re-sealed under key {report['key_id']} in "
+            f"{api.plural(report['batches'], 'batch')}; {report['remaining_old']} left under "
+            "another key",
             highlight=False,
             markup=False,
         )
         if report["undecryptable"]:
             ids = ", ".join(map(str, report["undecryptable_code_ids"]))
             api.console.print(
-                f"{report['undecryptable']} codes open under no key (code ids {ids})",
+                f"{api.plural(report['undecryptable'], 'code')} open under no key (code ids {ids})",
                 highlight=False,
             )
     if report["remaining_old"]:
