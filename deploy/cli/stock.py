@@ -60,8 +60,14 @@ def import_file(
     params = {"account": account, "format": fmt}
     params |= {k: v for k, v in (("expires", expires), ("cost", cost), ("batch", batch)) if v}
     with file.open("rb") as source:
+        # as long as the file takes to stream: no overall time limit
         _, report = api.call(
-            to, "POST", api.path("admin", "stock", sku, "import"), params=params, data=source
+            to,
+            "POST",
+            api.path("admin", "stock", sku, "import"),
+            params=params,
+            data=source,
+            timeout_s=None,
         )
     if as_json:
         api.show_json(report)
