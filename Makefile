@@ -36,6 +36,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared services deploy bench chaos
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

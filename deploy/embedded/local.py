@@ -1,4 +1,5 @@
-"""How a CLI command finds the stack it works on: the environment first, else `tasleem up`'s."""
+"""How a CLI command finds the stack it works on: the environment first, else `tasleem up`'s
+(`stack.json` for addresses, `admin/<service>-<role>.token` for the local operator's tokens)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from deploy.embedded.broker import client_settings
-from shared.settings import KafkaSettings, VaultKeySettings
+from shared.settings import KafkaSettings
 
 DEFAULT_HOME = Path(".tasleem")
 
@@ -25,22 +24,6 @@ def stack_info(home: Path = DEFAULT_HOME) -> dict[str, Any]:
         raise NoStack(f"no running stack ({path} is missing): start one with `tasleem up`")
     info: dict[str, Any] = json.loads(path.read_text())
     return info
-
-
-def database_url(home: Path = DEFAULT_HOME) -> str:
-    """TASLEEM_DATABASE_URL, or the embedded stack's database."""
-    if url := os.environ.get("TASLEEM_DATABASE_URL"):
-        return url
-    return str(stack_info(home)["database"])
-
-
-def database_url_of(service: str, home: Path = DEFAULT_HOME) -> str:
-    """TASLEEM_DATABASE_URL, or the embedded stack's DSN for `service`'s own role (it owns the
-    service's schema; the superuser DSN is `database_url`)."""
-    if url := os.environ.get("TASLEEM_DATABASE_URL"):
-        return url
-    info = stack_info(home)
-    return str(info.get("databases", {}).get(service) or info["database"])
 
 
 def admin_token_path(home: Path, service: str, role: str) -> Path:
@@ -78,18 +61,3 @@ def kafka_settings(home: Path = DEFAULT_HOME) -> KafkaSettings:
     if os.environ.get("TASLEEM_KAFKA_BOOTSTRAP"):
         return KafkaSettings()
     return client_settings(str(stack_info(home)["kafka"]))
-
-
-def vault_keys(home: Path = DEFAULT_HOME) -> VaultKeySettings:
-    """The vault keys from the environment, or else the embedded stack's own."""
-    settings = VaultKeySettings()
-    if settings.vault_keys.get_secret_value():
-        return settings
-    path = home / "secrets.json"
-    if not path.exists():
-        raise NoStack("TASLEEM_VAULT_KEYS is not set and no embedded stack was found")
-    stored = json.loads(path.read_text())
-    return VaultKeySettings(
-        vault_keys=SecretStr(stored["TASLEEM_VAULT_KEYS"]),
-        vault_fingerprint_key=SecretStr(stored["TASLEEM_VAULT_FINGERPRINT_KEY"]),
-    )

@@ -1,4 +1,5 @@
-"""The allocator's admin API: stock levels, imports, sku format rules, an order's codes (masked).
+"""The allocator's admin API: stock levels, imports, moves between accounts, sku format rules,
+an order's codes (masked), and the vault's rekey.
 
 Every route names the merchant account it acts for (`?account=`): imports go into that
 account's stock, and reads show only that account's stock and orders. Bad input of any kind
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-from datetime import UTC, datetime
 from typing import IO, cast
 
 import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from services.allocator import handlers, importing, stock, vault
+from services.allocator import handlers, importing, rekey, stock, vault
 from services.allocator.levels import LevelReporter
 from services.allocator.outbox import Relay
 from shared.codecrypt import CodeCipher
@@ -33,6 +33,7 @@ MAX_ACCOUNT = 128
 MAX_ORDER_KEY = 512
 MAX_EXPIRING_DAYS = 3650
 MAX_RULE_BODY = 16 * 1024
+MAX_REKEY_BATCH = 10_000
 SPOOL_BYTES = 1024 * 1024  # an import's body is kept in memory up to this, then on disk
 CHUNK = 64 * 1024
 
@@ -66,7 +67,7 @@ def stock_of(request: web.Request) -> Stock:
 def account_of(request: web.Request) -> str:
     account = text(request.query.get("account"), "the account query parameter", MAX_ACCOUNT)
     if account.startswith(":"):
-        # ':legacy' and the like belong to no store: reached with `tasleem stock move` only
+        # ':legacy' and the like belong to no store: reached as a move's `from` only
         raise BadInput(400, "bad_request", "accounts starting with ':' are not a store's")
     return account
 
@@ -99,14 +100,6 @@ async def stock_levels(request: web.Request) -> web.Response:
     )
 
 
-def _expiry(value: str) -> datetime:
-    moment = datetime.fromisoformat(value[:64])
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    if not 2000 <= moment.astimezone(UTC).year <= 9998:
-        raise ValueError("out of range")
-    return moment
-
-
 async def import_stock(request: web.Request) -> web.Response:
     target = stock_of(request)
     query = request.query
@@ -114,15 +107,10 @@ async def import_stock(request: web.Request) -> web.Response:
     if fmt not in importing.FORMATS:
         return error(400, "bad_query", "format must be auto, lines, csv or json")
     try:
-        expires = _expiry(query["expires"]) if "expires" in query else None
-        cost = importing.cost_of(query.get("cost"))
-    except (ValueError, OverflowError):
-        return error(
-            400,
-            "bad_query",
-            f"expires must be ISO 8601 (years 2000 to 9998) and cost a decimal from 0 to "
-            f"{importing.MAX_COST}",
-        )
+        expires = importing.expiry(query.get("expires"), "expires")
+        cost = importing.cost_of(query.get("cost"), "cost")
+    except importing.BadValue as exc:
+        return error(400, "bad_query", str(exc))
     batch = query.get("batch", "")
     if batch:
         batch = text(batch, "batch", 200)
@@ -200,6 +188,43 @@ async def order(request: web.Request) -> web.Response:
     return web.json_response(found, dumps=_dumps)
 
 
+async def move_stock(request: web.Request) -> web.Response:
+    """`POST /admin/stock/{sku}/move?account=<to>&from=<holder>`: the holder's available codes
+    of the sku go to `account` (by default from ':legacy', where codes from before accounts
+    wait for their owner); backorders of `account` are filled from them at once."""
+    target = stock_of(request)
+    source = Stock(
+        text(request.query.get("from", vault.LEGACY_ACCOUNT), "from", MAX_ACCOUNT), target.sku
+    )
+    if source == target:
+        return error(400, "bad_query", "from and account are the same account")
+    pool, relay = request.app[POOL], request.app[RELAY]
+    async with pool.acquire() as conn, conn.transaction():
+        moved = await vault.move_stock(conn, source, target.account)
+        applied = await handlers.distribute(conn, [source, target])
+    await relay.publish(applied.rows)
+    request.app[LEVELS].record(applied.touched, applied.sold)
+    return web.json_response(
+        {"sku": target.sku, "from": source.account, "to": target.account, "moved": moved}
+    )
+
+
+async def rekey_vault(request: web.Request) -> web.Response:
+    """`POST /admin/vault/rekey?batch=1000`: re-seal every code under the allocator's active
+    key (the first of its TASLEEM_VAULT_KEYS), a batch per transaction; the report is counts
+    and code ids, never a code. Safe to stop and call again."""
+    try:
+        batch = int(request.query.get("batch", "1000")[:12])
+    except ValueError:
+        batch = 0
+    if not 1 <= batch <= MAX_REKEY_BATCH:
+        return error(400, "bad_query", f"batch is a whole number, 1 to {MAX_REKEY_BATCH}")
+    async with request.app[POOL].acquire() as conn:
+        # the level events it writes for stock it touched go out with the outbox sweeper
+        report = await rekey.rekey(conn, request.app[CIPHER], batch)
+    return web.json_response(report.as_dict())
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
@@ -210,5 +235,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/admin/stock/{sku}", stock_levels),
         web.post("/admin/stock/{sku}/import", import_stock),
         web.put("/admin/skus/{sku}/rule", set_rule),
+        web.post("/admin/stock/{sku}/move", move_stock),
         web.get("/admin/orders/{key}", order),
+        web.post("/admin/vault/rekey", rekey_vault),
     ]

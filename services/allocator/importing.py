@@ -30,6 +30,10 @@ MAX_PATTERN = 1000
 # numeric(12, 2) in the vault: what a cost can be
 MAX_COST = Decimal("9999999999.99")
 # C0/C1 controls, zero-width and bidi marks: never part of a code, a batch label or a sku
+MIN_YEAR, MAX_YEAR = 2000, 9998  # what an expiry can be (a day is added to a date: not 9999)
+# what a mistyped date or number looks like: only such a value is quoted back (see _shown)
+DATE_SHAPE = re.compile(r"[0-9]{1,4}([-/.][0-9]{1,4}){1,2}([ T][0-9:.]{1,15})?(Z|[+-][0-9:]{2,5})?")
+NUMBER_SHAPE = re.compile(r"[-+]?[0-9][0-9.,]{0,19}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
@@ -57,6 +61,10 @@ class UnreadableFile(ValueError):
     """The file as a whole cannot be read in the format asked for."""
 
 
+class BadValue(ValueError):
+    """A field with a value it cannot have; the message names the field and the form."""
+
+
 class BadRule(ValueError):
     """A format rule that is not a regular expression the linear-time engine accepts."""
 
@@ -80,16 +88,19 @@ _QUIET = re2.Options()
 _QUIET.log_errors = False  # a bad rule is answered to its author, not written to stderr
 
 
-def cost_of(value: object) -> Decimal | None:
-    """A unit cost as the vault stores it (numeric(12, 2)); ValueError when it cannot be one."""
+def cost_of(value: object, name: str = "cost") -> Decimal | None:
+    """A unit cost as the vault stores it (numeric(12, 2)); BadValue, naming the field and the
+    form expected, when it cannot be one."""
     if value in (None, ""):
         return None
+    text = str(value).strip()[:64]
+    expected = f"use a decimal from 0 to {MAX_COST}, e.g. 12.50"
     try:
-        cost = Decimal(str(value).strip())
+        cost = Decimal(text)
     except InvalidOperation:
-        raise ValueError("not a decimal") from None
+        raise BadValue(f"{name} {_shown(text, NUMBER_SHAPE)}is not a number; {expected}") from None
     if not cost.is_finite() or not Decimal(0) <= cost <= MAX_COST:
-        raise ValueError(f"a cost is between 0 and {MAX_COST}")
+        raise BadValue(f"{name} {_shown(text, NUMBER_SHAPE)}is out of range; {expected}")
     return cost.quantize(Decimal("0.01"))
 
 
@@ -231,20 +242,40 @@ def _json(source: IO[bytes]) -> Iterator[Item]:
 def _item(number: int, row: dict[str, Any]) -> Item:
     code = str(row.get("code") or "").strip()
     try:
-        expires = _when(row.get("expires_at") or row.get("expires"))
-        cost = cost_of(row.get("cost"))
-    except (ValueError, OverflowError) as exc:
-        return Problem(number, f"bad expiry or cost: {type(exc).__name__}")
+        expires = expiry(row.get("expires_at") or row.get("expires"), "expires")
+        cost = cost_of(row.get("cost"), "cost")
+    except BadValue as exc:
+        return Problem(number, str(exc))
     batch = str(row.get("batch") or row.get("supplier") or "").strip()[:200]
     return StockLine(number, code, expires, cost, batch)
 
 
-def _when(value: object) -> datetime | None:
-    """An expiry: a date means "valid through that day" (UTC); a time without zone is UTC."""
+def expiry(value: object, name: str = "expires") -> datetime | None:
+    """An expiry: a date means "valid through that day" (UTC); a time without zone is UTC.
+    BadValue names the field and the form expected."""
     if value in (None, ""):
         return None
     text = str(value).strip()[:64]
-    if len(text) == 10:
-        return datetime.combine(date.fromisoformat(text) + timedelta(days=1), time(), UTC)
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime.combine(day, time(), UTC) + timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(text)
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise BadValue(
+            f"{name} {_shown(text, DATE_SHAPE)}is not a date; use ISO 8601, e.g. 2026-12-31 "
+            "or 2026-12-31T23:59:00+03:00"
+        ) from None
+    if not MIN_YEAR <= moment.astimezone(UTC).year <= MAX_YEAR:
+        raise BadValue(
+            f"{name} {_shown(text, DATE_SHAPE)}is out of range: years {MIN_YEAR} to {MAX_YEAR}"
+        )
+    return moment
+
+
+def _shown(value: str, shape: re.Pattern[str]) -> str:
+    """The value quoted for the reason, only when it has the shape of what was asked for: a
+    column shifted by a stray comma can hold a code, and a report never shows one."""
+    return f'"{value}" ' if shape.fullmatch(value) else ""

@@ -15,7 +15,7 @@ import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from services.allocator import importing
@@ -169,9 +169,11 @@ async def import_stock(
     in the file and against the vault (an earlier batch of the file is in the vault by then).
 
     `items` is read as it comes (`importing.read`); `expires_at`, `cost` and `batch` apply to
-    lines that do not say otherwise. Run it in a transaction: the file lands whole or not."""
+    lines that do not say otherwise. A code already expired is refused with its line, as a
+    duplicate is. Run it in a transaction: the file lands whole or not."""
     report = ImportReport()
     pending: dict[bytes, tuple[int, NewCode]] = {}
+    now = datetime.now(UTC)
 
     async def flush() -> None:
         added = await store_codes(conn, stock, [c for _, c in pending.values()], source=source)
@@ -187,6 +189,13 @@ async def import_stock(
         if isinstance(item, importing.Problem):
             report.invalidated.add(item.line, item.reason)
             continue
+        expires = item.expires_at or expires_at
+        if expires is not None and expires <= now:
+            # a code past its expiry can never be handed out: refused, not stored unseen
+            report.invalidated.add(
+                item.line, f"already expired (valid through {_through(expires)})"
+            )
+            continue
         fingerprint = cipher.fingerprint(item.code)
         if fingerprint in pending:
             report.duplicated.add(item.line)
@@ -196,7 +205,7 @@ async def import_stock(
             NewCode(
                 cipher.seal(item.code, stock.sku).to_text(),
                 fingerprint,
-                item.expires_at or expires_at,
+                expires,
                 item.cost if item.cost is not None else cost,
                 item.batch or batch,
             ),
@@ -205,6 +214,12 @@ async def import_stock(
             await flush()
     await flush()
     return report
+
+
+def _through(expires: datetime) -> str:
+    """The last day a code is valid on (UTC): a file's date 2026-12-31 is stored as the
+    moment after that day, and is shown again as that day."""
+    return (expires - timedelta(microseconds=1)).astimezone(UTC).date().isoformat()
 
 
 async def import_plain_codes(

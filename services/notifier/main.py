@@ -303,7 +303,11 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
             per_order=settings.resend_per_order_per_hour,
             per_caller=settings.resend_per_caller_per_hour,
         )
-        rt.app.add_routes(admin.routes(pool, delivery, publish_events, limits))
+        rt.app[admin.POOL] = pool
+        rt.app[admin.DELIVERY] = delivery
+        rt.app[admin.PUBLISH] = publish_events
+        rt.app[admin.LIMITS] = limits
+        rt.app.add_routes(admin.ROUTES)
         yield
     finally:
         await drain(delivery, settings.shutdown_grace_s)

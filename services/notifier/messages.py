@@ -103,6 +103,23 @@ def content(event: CodeAllocated, cipher: CodeCipher, store: StoreConfig | None)
     )
 
 
+def sample(
+    store: StoreConfig | None, locale: str, store_name: str, product: str, codes: list[str]
+) -> Content:
+    """A message's content from sample values, cleaned as `content` cleans an order's, with the
+    store's instructions: what an operator previews before the store's buyers see it."""
+    return Content(
+        store=plain(store_name or (store.name if store else "")) or "Store",
+        product=plain(product) or "Product",
+        locale=locale,
+        codes=codes,
+        instructions=plain(
+            (store.instructions.get(locale) if store else None) or INSTRUCTIONS[locale],
+            newlines=True,
+        ),
+    )
+
+
 def template_params(event: CodeAllocated, cipher: CodeCipher) -> list[str]:
     """[store name, product, codes] for the WhatsApp template."""
     return whatsapp_params(content(event, cipher, None))

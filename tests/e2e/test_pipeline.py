@@ -138,9 +138,10 @@ async def test_stock_import_from_a_file_skips_duplicates_and_fills_backorders(st
         async with session.post(f"{info['sandbox']}/stores/demo-store/orders", json=order) as r:
             assert (await r.json())["status"] == 202  # accepted, but nothing in stock yet
 
-    env = {**os.environ, "TASLEEM_DATABASE_URL": info["database"]}
+    # a client of the running allocator's admin API, with the stack's own operate token
+    env = dict(os.environ)
     cli = [sys.executable, "-m", "deploy.cli", "stock", "import", "--account", "demo-store"]
-    cli += ["--sku", "NEW-SKU"]
+    cli += ["--sku", "NEW-SKU", "--json"]
     cli += ["--home", str(running.home), str(path)]
     code, out, err = await run(cli, env)
     assert code == 0, err

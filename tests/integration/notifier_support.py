@@ -125,7 +125,11 @@ async def running_notifier(
     rt = runtime.Runtime("notifier", NotifierSettings(), web.Application())
     rt.app.add_routes(runtime.admin_routes(rt))
     rt.app.middlewares.append(admin_guard("notifier", TOKENS))
-    rt.app.add_routes(admin.routes(pool, delivery, report, limits))
+    rt.app[admin.POOL] = pool
+    rt.app[admin.DELIVERY] = delivery
+    rt.app[admin.PUBLISH] = report
+    rt.app[admin.LIMITS] = limits
+    rt.app.add_routes(admin.ROUTES)
     notifier_server = TestServer(rt.app)
     await notifier_server.start_server()
     config = SandboxConfig(

@@ -93,7 +93,7 @@ _odd = st.sampled_from(
 _text = st.one_of(_odd, st.text(max_size=12))
 _segment = _text.filter(bool).map(lambda s: quote(s, safe=""))
 _query = st.dictionaries(
-    st.sampled_from(["account", "expiring_days", "format", "expires", "cost", "batch"]),
+    st.sampled_from(["account", "expiring_days", "format", "expires", "cost", "batch", "from"]),
     _text,
     max_size=6,
 ).map(lambda q: {"account": "fuzz", **q} if "account" not in q else q)
@@ -118,6 +118,8 @@ _call = st.one_of(
     st.tuples(st.just("POST"), _segment.map(lambda s: f"/admin/stock/{s}/import"), _query, _body),
     st.tuples(st.just("PUT"), _segment.map(lambda s: f"/admin/skus/{s}/rule"), _query, _body),
     st.tuples(st.just("GET"), _segment.map(lambda s: f"/admin/orders/{s}"), _query, st.just(b"")),
+    st.tuples(st.just("POST"), _segment.map(lambda s: f"/admin/stock/{s}/move"), _query, _body),
+    st.tuples(st.just("POST"), st.just("/admin/vault/rekey"), _query, _body),
 )
 
 

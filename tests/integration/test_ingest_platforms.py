@@ -38,7 +38,6 @@ from tests.integration.gateway_support import (
     SANDBOX_STORES,
     SEALER,
     SECRETS,
-    VAULT_KEYS,
     ZID_API_CREDENTIAL,
     deliver,
     running_gateway,
@@ -330,12 +329,10 @@ async def test_admin_api_is_off_without_a_token(module_database, kafka):
         assert reply.status == 403 and (await reply.json())["error"] == "admin_disabled"
 
 
-async def test_cli_manages_stores_and_the_running_gateway_follows(
-    gateway, module_database, kafka, monkeypatch
-):
-    monkeypatch.setenv("TASLEEM_DATABASE_URL", module_database)
-    monkeypatch.setenv("TASLEEM_KAFKA_BOOTSTRAP", kafka)
-    monkeypatch.setenv("TASLEEM_VAULT_KEYS", VAULT_KEYS)  # the CLI seals as the gateway opens
+async def test_cli_manages_stores_and_the_running_gateway_follows(gateway, monkeypatch):
+    # the CLI is a client of the gateway's admin API: its URL and an operate token, nothing more
+    monkeypatch.setenv("TASLEEM_INGEST_URL", str(gateway.make_url("")))
+    monkeypatch.setenv("TASLEEM_INGEST_ADMIN_TOKEN", ADMIN_TOKEN)
     # the Zid shop of the sandbox's Zid store, registered again under a new id
     monkeypatch.setenv("TASLEEM_STORE_API_CREDENTIAL", ZID_API_CREDENTIAL)
     runner = CliRunner()
@@ -358,12 +355,13 @@ async def test_cli_manages_stores_and_the_running_gateway_follows(
         "CLI Cards",
         "--sku-map",
         '{"p-1": "SKU-A"}',
+        "--json",
         secret_env=secret,
     )
     assert added.exit_code == 0, added.output
-    assert json.loads(added.output)["secrets"] == [fingerprint(secret)]
+    assert json.loads(added.stdout)["secrets"] == [fingerprint(secret)]
     dup = await cli("add", store_id, "--platform", "zid", "--name", "x", secret_env=secret)
-    assert dup.exit_code == 2
+    assert dup.exit_code == 2 and "exists: use `tasleem stores update`" in dup.output
     zid_store = sandbox_store("zid").model_copy(update={"id": store_id, "secret": secret})
 
     async def send(s) -> int:
@@ -373,13 +371,20 @@ async def test_cli_manages_stores_and_the_running_gateway_follows(
     assert await send(zid_store) == 202
     assert (await cli("rotate-secret", store_id, secret_env=newer)).exit_code == 0
     assert await send(zid_store.model_copy(update={"secret": newer})) == 202
-    updated = await cli("update", store_id, "--locale", "en", "--channels", "email")
-    assert json.loads(updated.output)["channels"] == ["email"]
+    updated = await cli("update", store_id, "--locale", "en", "--channels", "email", "--json")
+    assert json.loads(updated.stdout)["channels"] == ["email"]
     listed = await cli("list", "--json")
-    assert store_id in listed.output
+    assert store_id in [s["store_id"] for s in json.loads(listed.stdout)["stores"]]
+    table = await cli("list")  # for people: a table, secrets as fingerprints
+    assert table.exit_code == 0 and store_id in table.stdout
+    for shown in (fingerprint(newer), fingerprint(secret)):  # the first 8 hex digits of each
+        assert shown.partition(":")[2][:8] in table.stdout
+    bad = await cli("update", store_id, "--channels", "pigeon")  # the gateway's reason, named
+    assert bad.exit_code == 2 and "channels" in bad.output
     assert (await cli("remove", store_id)).exit_code == 0
     assert await send(zid_store) == 404
-    assert (await cli("remove", store_id)).exit_code == 2
+    gone = await cli("remove", store_id)
+    assert gone.exit_code == 2 and "no store with this id" in gone.output
 
 
 async def test_registry_shares_one_query_per_store_and_survives_a_lost_database(

@@ -30,7 +30,7 @@ from services.notifier.handlers import Delivery, deliver, revoke
 from services.notifier.main import SQL, rate_limiter, sweep
 from services.notifier.policy import StoreDirectory
 from services.notifier.providers import Outbound, Provider
-from services.notifier.resend import resend
+from services.notifier.resend import DEFAULT_LIMITS, resend
 from services.notifier.settings import NotifierSettings
 from services.notifier.sms import Twilio, Unifonic
 from services.notifier.whatsapp import WhatsAppCloud
@@ -152,7 +152,11 @@ async def world(cipher: CodeCipher, database: str, kafka: str) -> AsyncIterator[
     app = web.Application(
         middlewares=[admin_guard("notifier", admin_auth.entry("tests", "operate", ADMIN_TOKEN))]
     )
-    app.add_routes(admin.routes(pool, delivery, report))
+    app[admin.POOL] = pool
+    app[admin.DELIVERY] = delivery
+    app[admin.PUBLISH] = report
+    app[admin.LIMITS] = DEFAULT_LIMITS
+    app.add_routes(admin.ROUTES)
     notifier_server = TestServer(app, port=port)
     await notifier_server.start_server()
     # receipts go where they go in production: to the gateway, then through Kafka

@@ -85,7 +85,7 @@ async def test_old_plain_rows_are_sealed_at_start_and_nothing_is_plain_after(dat
         for platform in ("standard", "zid"):
             assert await paid(gateway, sandbox_store(platform)) in (200, 202)
 
-        # sealed on write: the admin API, then the CLI
+        # sealed on write: the admin API, then the CLI (a client of that API)
         added = "shpss_added-" + os.urandom(6).hex()
         reply = await gateway.put(
             "/admin/stores/added-shop",
@@ -97,11 +97,10 @@ async def test_old_plain_rows_are_sealed_at_start_and_nothing_is_plain_after(dat
         result = await asyncio.to_thread(
             CliRunner().invoke,
             tasleem,
-            ["stores", "add", "cli-zid", "--platform", "zid", "--name", "CLI"],
+            ["stores", "add", "cli-zid", "--platform", "zid", "--name", "CLI", "--json"],
             env={
-                "TASLEEM_DATABASE_URL": database,
-                "TASLEEM_KAFKA_BOOTSTRAP": kafka,
-                "TASLEEM_VAULT_KEYS": VAULT_KEYS,
+                "TASLEEM_INGEST_URL": str(gateway.make_url("")),
+                "TASLEEM_INGEST_ADMIN_TOKEN": ADMIN_TOKEN,
                 "TASLEEM_STORE_SECRET": cli_secret,
                 "TASLEEM_STORE_API_CREDENTIAL": ZID_API_CREDENTIAL,
             },
@@ -111,7 +110,7 @@ async def test_old_plain_rows_are_sealed_at_start_and_nothing_is_plain_after(dat
         for secret in (added, cli_secret):
             assert secret not in stored and secret not in result.output
         assert await paid(gateway, shopify("added-shop", added)) == 202
-        assert json.loads(result.output)["api_credential"].startswith("sha256:")
+        assert json.loads(result.stdout)["api_credential"].startswith("sha256:")
         ours = await table_text(database, "legacy-shop", "added-shop", "cli-zid")
 
     # a second start changes nothing more (the test helper's own stores are written again)

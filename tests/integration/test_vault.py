@@ -183,7 +183,15 @@ async def test_earliest_expiring_first_and_expired_never(pool, cipher):
     now = datetime.now(UTC)
     await import_codes(pool, cipher, "A", ["LATE"], expires_at=now + timedelta(days=30))
     await import_codes(pool, cipher, "A", ["SOON"], expires_at=now + timedelta(days=1))
-    await import_codes(pool, cipher, "A", ["GONE"], expires_at=now - timedelta(days=1))
+    await import_codes(pool, cipher, "A", ["GONE"], expires_at=now + timedelta(days=1))
+    # GONE expires while in the vault; an import refuses a code already expired, by line
+    await pool.execute(
+        "UPDATE codes SET expires_at = now() - interval '1 day'"
+        " WHERE code_id = (SELECT max(code_id) FROM codes)"
+    )
+    report, _ = await import_codes(pool, cipher, "A", ["OLD"], expires_at=now - timedelta(days=1))
+    assert report.added == 0
+    assert [(p.line, p.reason.split(" (")[0]) for p in report.invalid] == [(1, "already expired")]
     await import_codes(pool, cipher, "A", ["NEVER"])
     rows = await allocate(pool, [paid(str(i), ("A", 1)) for i in range(4)])
     handed = [c for a in events_of(rows, CodeAllocated) for c in opened(cipher, a)]

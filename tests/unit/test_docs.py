@@ -108,3 +108,28 @@ def test_the_architecture_topic_table_is_the_topology_s():
     assert table == topology.markdown_table(), (
         "run `python -m shared.topology` into docs/architecture.md"
     )
+
+
+COMMAND = re.compile(r"tasleem ([a-z]+)(?: ([a-z][a-z-]*))?")
+
+
+def test_the_commands_the_documents_name_exist():
+    """`tasleem stock import`, `tasleem up`, … as the README and CONTRIBUTING spell them: each
+    group and command is one the `tasleem` command has."""
+    import typer.main
+
+    from deploy.cli import app
+
+    root = typer.main.get_command(app)
+    named = {
+        m for doc in ("README.md", "CONTRIBUTING.md", "docs/architecture.md")
+        for m in COMMAND.findall((ROOT / doc).read_text(encoding="utf-8"))
+    }  # fmt: skip
+    missing = []
+    for group, command in sorted(named):
+        found = root.commands.get(group)  # type: ignore[attr-defined]
+        if found is None:
+            missing.append(group)
+        elif command and hasattr(found, "commands") and command not in found.commands:
+            missing.append(f"{group} {command}")
+    assert not missing, f"named in the docs, not a command: {missing}"

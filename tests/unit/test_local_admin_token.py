@@ -1,38 +1,17 @@
 """The local stack's admin tokens: one per service and role, each in its own 0600 file, the
-services given only digests; and the operator commands use the right one."""
+services given only digests (tests/integration/test_operator_commands.py: the operator
+commands send the right one)."""
 
 from __future__ import annotations
 
 import json
 import stat
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import ClassVar
 
 from typer.testing import CliRunner
 
 from deploy.cli import app
 from deploy.embedded.stack import SERVICES, Stack, StackOptions
 from shared import admin_auth
-
-
-class _Notifier(BaseHTTPRequestHandler):
-    """Stands in for the notifier's admin API: records what the CLI sent."""
-
-    seen: ClassVar[list[tuple[str, dict[str, object]]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.seen.append((self.headers.get("Authorization", ""), body))
-        answer = json.dumps({"parts": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def stack_in(home) -> Stack:
@@ -66,38 +45,6 @@ def test_each_service_gets_the_digests_of_its_own_tokens_only(tmp_path):
         again["notifier"]["TASLEEM_NOTIFIER_ADMIN_TOKENS"]
         == (env["notifier"]["TASLEEM_NOTIFIER_ADMIN_TOKENS"])
     )
-
-
-def test_notify_resend_sends_the_notifier_operate_token(tmp_path, monkeypatch):
-    monkeypatch.delenv("TASLEEM_NOTIFIER_ADMIN_TOKEN", raising=False)
-    stack_in(tmp_path).service_env("http://127.0.0.1:1")
-    token = (tmp_path / "admin" / "notifier-operate.token").read_text().strip()
-    server = HTTPServer(("127.0.0.1", 0), _Notifier)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        notifier = f"http://127.0.0.1:{server.server_port}"
-        (tmp_path / "stack.json").write_text(json.dumps({"notifier": notifier}))
-        result = CliRunner().invoke(
-            app,
-            [
-                "notify",
-                "resend",
-                "standard:s:1",
-                "--phone",
-                "+966500000001",
-                "--reason",
-                "ticket 42",
-                "--home",
-                str(tmp_path),
-            ],
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert result.exit_code == 0, result.output
-    ((authorization, body),) = _Notifier.seen
-    assert authorization == f"Bearer {token}"
-    assert body == {"phone": "+966500000001", "email": None, "reason": "ticket 42"}
 
 
 def test_admin_token_command_prints_a_token_and_the_entry_that_accepts_it():

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from typer.testing import CliRunner
-
 from services.notifier import messages
 from services.notifier.breaker import STATE, CircuitBreaker, State
-from services.notifier.cli import app
 from services.notifier.policy import routes
 from services.notifier.providers import Outbound
 from shared.events import CodeAllocated, Customer, OrderLine, StoreConfig
@@ -136,16 +133,3 @@ def test_store_templates_are_used_but_never_lose_the_codes_or_leak_them_to_the_s
 def test_outbound_repr_never_shows_the_codes():
     message = messages.outbound(content("en"), "sms", "+966551112222", "k", None, "t")
     assert "AB-12" in message.text and "AB-12" not in repr(message)
-
-
-def test_preview_renders_a_message_in_each_language():
-    runner = CliRunner()
-    arabic = runner.invoke(app, ["preview", "--locale", "ar", "--code", "ZZ-99"])
-    assert arabic.exit_code == 0 and "ZZ-99" in arabic.output and "رمز" in arabic.output
-    email = runner.invoke(
-        app, ["preview", "--locale", "en", "--channel", "email", "--store", "Gulf Games"]
-    )
-    assert email.exit_code == 0
-    assert "Subject: Gulf Games" in email.output and 'dir="ltr"' in email.output
-    bad = runner.invoke(app, ["preview", "--locale", "fr"])
-    assert bad.exit_code == 2

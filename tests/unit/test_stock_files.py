@@ -43,10 +43,34 @@ def test_csv_with_columns():
     assert first.code == "C-1" and first.cost == Decimal("9.50") and first.batch == "may-lot"
     assert first.expires_at == datetime(2027, 2, 1, tzinfo=UTC)  # valid through the 31st
     assert second.expires_at is None and second.cost is None
-    assert [(p.line, p.reason.split(":")[0]) for p in parsed.problems] == [
-        (4, "bad expiry or cost"),
+    assert [(p.line, p.reason.split(";")[0]) for p in parsed.problems] == [
+        (4, "expires is not a date"),  # not shaped like a date: not quoted (it may be a code)
         (5, "empty code"),
     ]
+
+
+def test_a_bad_field_is_named_with_the_form_expected():
+    parsed = parse(
+        "code,expires_at,cost\n"
+        "D-1,31/12/2026,\n"
+        "D-2,2026-02-30,\n"
+        "D-3,1999-06-30,\n"
+        'D-4,,"12,5"\n'
+        "D-5,,-1\n"
+        "D-6,SECRET-CODE-42,\n"  # a column shifted by a stray comma: never quoted back
+    )
+    reasons = {p.line: p.reason for p in parsed.problems}
+    assert reasons[2] == (
+        'expires "31/12/2026" is not a date; use ISO 8601, e.g. 2026-12-31 or '
+        "2026-12-31T23:59:00+03:00"
+    )
+    assert reasons[3].startswith('expires "2026-02-30" is not a date; use ISO 8601')
+    assert reasons[4] == 'expires "1999-06-30" is out of range: years 2000 to 9998'
+    assert reasons[5] == (
+        'cost "12,5" is not a number; use a decimal from 0 to 9999999999.99, e.g. 12.50'
+    )
+    assert reasons[6].startswith('cost "-1" is out of range; use a decimal from 0')
+    assert reasons[7].startswith("expires is not a date;") and "SECRET" not in str(reasons)
 
 
 def test_json_lists_of_codes_or_objects():

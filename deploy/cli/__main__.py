@@ -1,0 +1,5 @@
+"""`python -m deploy.cli …`, the same as `tasleem …`."""
+
+from deploy.cli import app
+
+app()
