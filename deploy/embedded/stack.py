@@ -129,11 +129,7 @@ class Stack:
         for name in SERVICES:
             self.processes[name] = ManagedProcess(
                 name,
-                [
-                    sys.executable,
-                    "-m",
-                    f"services.{name}.main" if name != "restocker" else "services.restocker.app",
-                ],
+                [sys.executable, "-m", f"services.{name}.main"],
                 log_path=self.logs / f"{name}.log",
                 env={
                     **common,
