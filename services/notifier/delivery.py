@@ -113,7 +113,7 @@ Reports = Callable[[list[Event]], Awaitable[None]]
 class InFlight:
     """This replica's parts in flight and what it heard about them: revocations, receipts."""
 
-    __slots__ = ("journal", "on_late", "waiter", "tasks", "revoked", "_background")
+    __slots__ = ("_background", "journal", "on_late", "revoked", "tasks", "waiter")
 
     def __init__(
         self, journal: Journal, on_late: Reports | None = None, waiter: ReceiptWaiter | None = None
