@@ -432,6 +432,8 @@ class Stack:
                     headers["ingest"],
                     json=_store_change(store),
                 )
+            if self.options.demo_stock_per_sku <= 0:
+                return
             # every store is its own merchant account: each gets its own demo stock, and
             # no store's orders can take another's codes
             for store in stores:
