@@ -13,9 +13,5 @@ def run(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES))]) -> N
     """Run one service in the foreground (the container entry point)."""
     if service not in SERVICES:
         raise typer.BadParameter(f"one of {', '.join(SERVICES)}")
-    if service == "restocker":
-        from services.restocker.app import main as restocker_main
-
-        raise typer.Exit(restocker_main())
     module = __import__(f"services.{service}.main", fromlist=["main"])
     raise typer.Exit(module.main())

@@ -213,8 +213,8 @@ async def create_service_roles(admin_dsn: str, database: str, roles: list[Servic
 
 async def hand_schemas_to_their_roles(admin_dsn: str, roles: list[ServiceRole]) -> None:
     """Give each role what the superuser made in its schema (tables, views, sequences), so the
-    service can read, write and migrate them. `tasleem up` prepares the schemas as superuser
-    (migrations, demo stores and stock) before the services start."""
+    service can read, write and migrate them. Stack homes made before the services migrated
+    their own schemas had their tables created by the superuser; new ones have none."""
     conn = await asyncpg.connect(admin_dsn)
     try:
         for role in roles:

@@ -3,6 +3,10 @@
 Embedded PostgreSQL and broker (or the servers named by TASLEEM_DATABASE_URL /
 TASLEEM_KAFKA_BOOTSTRAP), the sandbox, and the four services. Writes `stack.json` once every
 part answers `/readyz`, restarts a service that dies, and stops everything on `stop()`.
+
+The stack provisions what an operator's platform would (the database, a role per service, the
+topics) and passes each service its configuration; each service migrates its own schema when it
+starts, as in Kubernetes. The demo stores and stock go in through the admin APIs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from pydantic import SecretStr
 
 from deploy.embedded import local
 from deploy.embedded.broker import EMBEDDED_ENV, EmbeddedBroker, client_settings
@@ -35,12 +38,9 @@ from deploy.embedded.postgres import (
 )
 from deploy.embedded.processes import ManagedProcess, free_port
 from deploy.sandbox.platforms import salla_merchant_id
-from services.allocator.main import SQL as ALLOCATOR_SQL
-from services.ingest.main import SQL as INGEST_SQL
-from services.ingest.stores import Store, upsert_store
+from services.ingest.stores import Store
 from shared import admin_auth
 from shared.codecrypt import generate_key_settings
-from shared.db import migrate
 from shared.kafka import ensure_topics, topic_specs
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ class Stack:
         kafka = await self._start_broker()
         keys = self._keys()
         stores = self._stores()
-        await self._prepare_database(database_url, stores)
         if self.postgres is not None:
+            # a home an older `tasleem up` prepared as superuser: its tables go to their roles
             await hand_schemas_to_their_roles(database_url, self._database_roles())
         await ensure_topics(client_settings(kafka), topic_specs(self.options.partitions))
 
@@ -129,11 +129,7 @@ class Stack:
         for name in SERVICES:
             self.processes[name] = ManagedProcess(
                 name,
-                [
-                    sys.executable,
-                    "-m",
-                    f"services.{name}.main" if name != "restocker" else "services.restocker.app",
-                ],
+                [sys.executable, "-m", f"services.{name}.main"],
                 log_path=self.logs / f"{name}.log",
                 env={
                     **common,
@@ -144,6 +140,7 @@ class Stack:
             )
             self.processes[name].start()
         await self._wait_ready(["sandbox", *SERVICES])
+        await self._seed(stores)
         self.info = {
             "ingest": f"http://127.0.0.1:{self.ports['ingest']}",
             "sandbox": sandbox_url,
@@ -417,48 +414,43 @@ class Stack:
         """A provider or platform credential of the local stack: random, one of its own."""
         return self._secret(f"platform:{platform}")
 
-    async def _prepare_database(self, dsn: str, stores: list[Store]) -> None:
-        """Migrate, register the demo stores, and seed demo stock (once per stack home)."""
-        from services.allocator import handlers, vault
-        from shared.codecrypt import CodeCipher, SecretSealer
-        from shared.events import Stock
-        from shared.settings import VaultKeySettings
-
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn, "ingest", INGEST_SQL)
-            await migrate(conn, "allocator", ALLOCATOR_SQL)
-            keys = self._keys()
-            await conn.execute("SET search_path TO ingest")
-            sealer = SecretSealer.from_keys(SecretStr(keys["TASLEEM_VAULT_KEYS"]))
+    async def _seed(self, stores: list[Store]) -> None:
+        """Register the demo stores and, once per stack home, their demo stock, as an operator
+        would: through the ingest and allocator admin APIs (each service owns its tables)."""
+        headers = {
+            service: {"Authorization": f"Bearer {local.admin_token(self.home, service)}"}
+            for service in ("ingest", "allocator")
+        }
+        ingest = f"http://127.0.0.1:{self.ports['ingest']}"
+        allocator = f"http://127.0.0.1:{self.ports['allocator']}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             for store in stores:
-                await upsert_store(conn, store, sealer)
-            await conn.execute("SET search_path TO allocator")
-            cipher = CodeCipher.from_settings(
-                VaultKeySettings(
-                    vault_keys=SecretStr(keys["TASLEEM_VAULT_KEYS"]),
-                    vault_fingerprint_key=SecretStr(keys["TASLEEM_VAULT_FINGERPRINT_KEY"]),
+                await _admin_call(
+                    session,
+                    "PUT",
+                    f"{ingest}/admin/stores/{store.store_id}",
+                    headers["ingest"],
+                    json=_store_change(store),
                 )
-            )
+            if self.options.demo_stock_per_sku <= 0:
+                return
             # every store is its own merchant account: each gets its own demo stock, and
             # no store's orders can take another's codes
             for store in stores:
                 for sku in DEMO_SKUS:
-                    demo_stock = Stock(store.store_id, sku.sku)
-                    have = await conn.fetchval(
-                        "SELECT count(*) FROM codes WHERE account = $1 AND sku = $2", *demo_stock
-                    )
-                    if have:
+                    url = f"{allocator}/admin/stock/{sku.sku}"
+                    account = {"account": store.store_id}
+                    if await _has_codes(session, url, headers["allocator"], account):
                         continue
-                    count = self.options.demo_stock_per_sku
-                    codes = [_demo_code(sku.sku) for _ in range(count)]
-                    async with conn.transaction():
-                        await vault.import_plain_codes(
-                            conn, cipher, demo_stock, codes, source="demo"
-                        )
-                        await handlers.distribute(conn, [demo_stock], report_levels=True)
-        finally:
-            await conn.close()
+                    codes = [_demo_code(sku.sku) for _ in range(self.options.demo_stock_per_sku)]
+                    await _admin_call(
+                        session,
+                        "POST",
+                        f"{url}/import",
+                        headers["allocator"],
+                        params={**account, "format": "lines"},
+                        data="\n".join(codes).encode(),
+                    )
 
     def _start_sandbox(self, stores: list[Store]) -> None:
         gateway = self._gateway_url()
@@ -631,6 +623,50 @@ class Stack:
         if self.postgres:
             self.postgres.stop()
         (self.home / "stack.json").unlink(missing_ok=True)
+
+
+def _store_change(store: Store) -> dict[str, Any]:
+    """A demo store as the ingest admin API's `PUT /admin/stores/{id}` body."""
+    body: dict[str, Any] = {
+        "platform": store.platform,
+        "name": store.name,
+        "secrets": list(store.secrets),
+        "locale": store.locale,
+    }
+    if store.platform_store_id:
+        body["platform_store_id"] = store.platform_store_id
+    if store.api_credential:
+        body["api_credential"] = store.api_credential
+    return body
+
+
+async def _admin_call(
+    session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], **request: Any
+) -> None:
+    """One admin API call, repeated while the service answers 503 (its broker not ready)."""
+    for _ in range(30):
+        async with session.request(method, url, headers=headers, **request) as resp:
+            if resp.status == 503:
+                await asyncio.sleep(1)
+                continue
+            if resp.status >= 300:
+                raise StackError(f"{method} {url.split('?')[0]}: {resp.status} {await resp.text()}")
+            return
+    raise StackError(f"{method} {url}: still unavailable")
+
+
+async def _has_codes(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], params: dict[str, str]
+) -> bool:
+    """Whether the account holds any code of this sku (in stock, reserved, sold or not)."""
+    async with session.get(url, headers=headers, params=params) as resp:
+        if resp.status == 404:
+            return False
+        if resp.status != 200:
+            raise StackError(f"GET {url}: {resp.status} {await resp.text()}")
+        rows = (await resp.json())["skus"]
+    held = ("available", "reserved", "sold", "expired", "quarantined")
+    return any(row[count] for row in rows for count in held)
 
 
 def _demo_code(sku: str) -> str:

@@ -110,12 +110,15 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     settings = rt.settings
     assert isinstance(settings, AllocatorSettings)
     cipher = CodeCipher.from_settings(settings)
-    pool = await connect_and_migrate(
-        settings.database_url, "allocator", SQL, max_size=settings.db_pool_max
-    )
-    clients = kafka(settings)
-    producer = clients.producer
-    try:
+    # closed in reverse order of opening, each one only if it was opened
+    async with contextlib.AsyncExitStack() as resources:
+        pool = await connect_and_migrate(
+            settings.database_url, "allocator", SQL, max_size=settings.db_pool_max
+        )
+        resources.push_async_callback(pool.close)
+        clients = kafka(settings)
+        resources.push_async_callback(clients.close)
+        producer = clients.producer
         await producer.start()
         relay = Relay(pool, producer, SERVICE)
         levels = LevelReporter(
@@ -166,9 +169,6 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         rt.add_check("database", lambda: ping(pool))
         yield
         await relay.drain()  # what the consumer's last batch committed goes out now
-    finally:
-        await clients.close()
-        await pool.close()
 
 
 def main() -> int:

@@ -44,14 +44,17 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     metrics.init_series()
     init_receipt_series()
     sealer = SecretSealer.from_keys(settings.vault_keys)  # no keys: no start (VaultKeyError)
-    pool = await connect_and_migrate(
-        settings.database_url, "ingest", SQL, max_size=settings.db_pool_max
-    )
-    clients = kafka(settings)
-    producer = clients.producer
-    receipts: ReceiptGateway | None = None
-    zid_orders = zid.OrdersApi(settings.zid_api_base_url, settings.zid_api_timeout_s)
-    try:
+    # closed in reverse order of opening, each one only if it was opened
+    async with contextlib.AsyncExitStack() as resources:
+        pool = await connect_and_migrate(
+            settings.database_url, "ingest", SQL, max_size=settings.db_pool_max
+        )
+        resources.push_async_callback(pool.close)
+        zid_orders = zid.OrdersApi(settings.zid_api_base_url, settings.zid_api_timeout_s)
+        resources.push_async_callback(zid_orders.close)
+        clients = kafka(settings)
+        resources.push_async_callback(clients.close)
+        producer = clients.producer
         await producer.start()
         await seal_at_rest(pool, sealer)
         registry = StoreRegistry(pool, sealer, settings.store_cache_ttl_s)
@@ -73,17 +76,12 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
             settings.publish_timeout_s,
             settings.max_body_bytes,
         )
+        resources.push_async_callback(receipts.close)
         rt.app.add_routes(receipts.routes())
         rt.app.add_routes(admin.routes)
         rt.add_check("database", lambda: ping(pool))
         rt.add_check("broker", lambda: bool(producer.client.cluster.brokers()))
         yield
-    finally:
-        if receipts is not None:
-            await receipts.close()
-        await clients.close()
-        await zid_orders.close()
-        await pool.close()
 
 
 def main() -> int:

@@ -137,7 +137,7 @@ async def preview(request: web.Request) -> web.Response:
     if len(store_id) > MAX_SAMPLE:
         return _error(400, "bad_query", f"store_id is at most {MAX_SAMPLE} characters")
     delivery = request.app[DELIVERY]
-    store = delivery.stores.get(store_id) if store_id else None
+    store = delivery.channels.stores.get(store_id) if store_id else None
     channel = query.get("channel", "sms")
     locale = query.get("locale") or (store.locale if store else "ar")
     if channel not in CHANNELS:
@@ -160,7 +160,9 @@ async def preview(request: web.Request) -> web.Response:
     content = messages.sample(
         store, locale, query.get("store", ""), query.get("product", "PlayStation 50 SAR"), codes
     )
-    message = messages.outbound(content, channel, "", "", store, delivery.whatsapp_template)
+    message = messages.outbound(
+        content, channel, "", "", store, delivery.channels.whatsapp_template
+    )
     answer: dict[str, Any] = {
         "store_id": store_id or None,
         "store_known": store is not None,

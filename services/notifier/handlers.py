@@ -2,7 +2,8 @@
 
 A part is claimed in `deliveries` before anything is sent, with the allocation itself (codes
 sealed), so it can be resumed after a crash or resent by an operator. Each provider call is an
-attempt recorded 'sending' before and its outcome after (journal.py).
+attempt recorded 'sending' before and its outcome after (journal.py), in the route loop that an
+operator's resend shares (routing.py).
 
 The consumer loop commits offsets per batch. A batch waits for its messages at most `hold_s`;
 a message still retrying after that goes on by itself (it is durable in `deliveries`) and its
@@ -12,43 +13,37 @@ report is published when it finishes, so one slow buyer never holds a whole batc
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import random
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 
 import asyncpg
-from aiolimiter import AsyncLimiter
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 
 from services.notifier import messages
-from services.notifier.breaker import CircuitBreaker, State
-from services.notifier.journal import Begin, Close, Finish, Journal
-from services.notifier.policy import Route, StoreDirectory, routes
-from services.notifier.providers import Outbound, Provider, ProviderError
-from services.notifier.recovery import INTERRUPTED, ReceiptWaiter
-from shared.codecrypt import CodeCipher, CodeDecryptError
+from services.notifier.delivery import (
+    FINISHED,
+    AttemptStatus,
+    Delivery,
+    PartStatus,
+)
+from services.notifier.journal import Close, Finish
+from services.notifier.policy import routes
+from services.notifier.providers import ProviderError
+from services.notifier.recovery import INTERRUPTED
+from services.notifier.routing import Outcome, try_routes
+from shared.codecrypt import CodeDecryptError
 from shared.events import (
     CodeAllocated,
     CodeRevoked,
     Event,
     MessageFailed,
     MessageSent,
-    attempt_reference,
     event_id_for,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = Counter(
-    "tasleem_notifier_attempts_total",
-    "Provider calls, by provider and outcome",
-    ["provider", "outcome"],
-)
 # The delivery SLO's histogram: paid -> a provider accepted the message (`message.sent`),
 # once per message sent. The alerts read its 30 s bucket (le="30.0"), the dashboard quantiles.
 DELIVERY_SECONDS = Histogram(
@@ -57,97 +52,6 @@ DELIVERY_SECONDS = Histogram(
     ["channel"],
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300),
 )
-FINISHED = {"accepted", "delivered", "failed", "revoked"}
-
-
-class Revoked(Exception):
-    """The part was revoked (`code.revoked`) before this attempt could start."""
-
-
-@dataclass
-class Outcome:
-    event: CodeAllocated
-    attempts: int = 0
-    channel: str | None = None
-    provider: str | None = None
-    to: str = ""
-    provider_message_id: str | None = None
-    accepted_at: datetime | None = None
-    revoked: bool = False
-    reasons: list[str] = field(default_factory=list)
-    attempt_key: str | None = None
-
-
-@dataclass
-class Delivery:
-    """What a delivery needs besides the event: providers by channel and the policy around them."""
-
-    providers: dict[str, list[Provider]]
-    cipher: CodeCipher
-    deadline_s: float
-    concurrency: asyncio.Semaphore
-    stores: StoreDirectory = field(default_factory=StoreDirectory)
-    whatsapp_template: str = messages.DEFAULT_WHATSAPP_TEMPLATE
-    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
-    limiters: dict[str, AsyncLimiter] = field(default_factory=dict)
-    attempts_per_provider: int = 4
-    backoff_s: float = 0.05
-    # None: a batch waits for all its messages (tests, tools); else how long it may wait
-    hold_s: float | None = None
-    on_late: Callable[[list[Event]], Awaitable[None]] | None = None
-    max_inflight: int = 5000
-    # a redelivered part still 'sending' is resumed only once untouched this long (0: at once,
-    # right for a single process; with replicas, longer than a message can take)
-    resume_after_s: float = 0.0
-    # how long the resume of an interrupted attempt waits for its receipt (recovery.py)
-    receipt_wait_s: float = 0.0
-    waiter: ReceiptWaiter = field(default_factory=ReceiptWaiter)
-    inflight: dict[str, asyncio.Task[Event | None]] = field(default_factory=dict)
-    revoked: set[tuple[str, int]] = field(default_factory=set)
-    _journal: Journal | None = None
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def journal(self, pool: asyncpg.Pool) -> Journal:
-        if self._journal is None or self._journal.pool is not pool:
-            self._journal = Journal(pool)
-        return self._journal
-
-    def breaker(self, provider: str) -> CircuitBreaker:
-        if provider not in self.breakers:
-            self.breakers[provider] = CircuitBreaker(provider)
-        return self.breakers[provider]
-
-    def is_revoked(self, event: CodeAllocated) -> bool:
-        return (event.order_key, event.part) in self.revoked or (
-            event.order_key,
-            0,
-        ) in self.revoked
-
-    def start(
-        self, coro: Awaitable[Event | None], allocation_event_id: str
-    ) -> asyncio.Task[Event | None]:
-        task: asyncio.Task[Event | None] = asyncio.ensure_future(coro)
-        self.inflight[allocation_event_id] = task
-        task.add_done_callback(lambda _: self.inflight.pop(allocation_event_id, None))
-        return task
-
-    def publish_later(self, task: asyncio.Task[Event | None]) -> None:
-        """Publish a message's report when it finishes, after its batch was committed."""
-
-        def done(t: asyncio.Task[Event | None]) -> None:
-            if t.cancelled():
-                return
-            if t.exception() is not None:
-                # the part stays 'sending' in the journal: the resume sweep picks it up
-                log.error("a delivery failed outside its batch: %r", t.exception())
-                return
-            report = t.result()
-            if report is not None and self.on_late is not None:
-                publishing = asyncio.ensure_future(self.on_late([report]))
-                self._background.add(publishing)
-                publishing.add_done_callback(self._background.discard)
-
-        task.add_done_callback(done)
 
 
 async def deliver(
@@ -158,32 +62,33 @@ async def deliver(
     batch = list({e.event_id: e for e in batch}.values())
     # Backpressure: parts still retrying from earlier batches count against the intake, so a
     # slow provider slows consumption instead of piling up unbounded work in memory.
-    while len(delivery.inflight) + len(batch) > delivery.max_inflight and delivery.inflight:
-        await asyncio.wait(list(delivery.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+    inflight, policy = delivery.inflight, delivery.policy
+    while len(inflight.tasks) + len(batch) > policy.max_inflight and inflight.tasks:
+        await asyncio.wait(list(inflight.tasks.values()), return_when=asyncio.FIRST_COMPLETED)
     claimed, existing = await _claim(pool, batch)
     events: list[Event] = []
     tasks = []
     for event in batch:
         if event.event_id in claimed:
-            tasks.append(delivery.start(send_part(event, pool, delivery), event.event_id))
+            tasks.append(inflight.start(send_part(event, pool, delivery), event.event_id))
             continue
         row = existing[event.event_id]
         if row["status"] in FINISHED:
             if (report := report_row(row)) is not None:
                 events.append(report)  # a redelivery: the stored report, not a second message
-        elif event.event_id not in delivery.inflight and _stale(row, delivery.resume_after_s):
+        elif event.event_id not in inflight.tasks and _stale(row, policy.resume_after_s):
             # left unfinished by a crash (or a failed batch): resolve and go on
-            tasks.append(delivery.start(resume(event, pool, delivery), event.event_id))
+            tasks.append(inflight.start(resume(event, pool, delivery), event.event_id))
         # else another replica may still be sending it (a rebalance moved the partition):
         # the resume sweep takes it over if it stays unfinished
     if not tasks:
         return events
-    if delivery.hold_s is None:
+    if policy.hold_s is None:
         results = await asyncio.gather(*tasks)
         return events + [r for r in results if r is not None]
-    done, pending = await asyncio.wait(tasks, timeout=delivery.hold_s)
+    done, pending = await asyncio.wait(tasks, timeout=policy.hold_s)
     for task in pending:
-        delivery.publish_later(task)
+        inflight.publish_later(task)
     for task in done:
         if (result := task.result()) is not None:  # re-raises: the batch is retried
             events.append(result)
@@ -221,7 +126,7 @@ async def _claim(
             [e.paid_at for e in batch],
             [e.model_dump_json() for e in batch],
         )
-        fresh = {r["allocation_event_id"] for r in claimed if r["status"] == "pending"}
+        fresh = {r["allocation_event_id"] for r in claimed if r["status"] == PartStatus.PENDING}
         rows = await conn.fetch(
             "SELECT * FROM deliveries WHERE allocation_event_id = ANY($1::text[])",
             [e.event_id for e in batch if e.event_id not in fresh],
@@ -253,15 +158,17 @@ async def resume(event: CodeAllocated, pool: asyncpg.Pool, delivery: Delivery) -
     await pool.execute(
         "UPDATE deliveries SET updated_at = now() WHERE allocation_event_id = $1", event.event_id
     )
-    journal = delivery.journal(pool)
+    journal = delivery.inflight.journal
     found, status, error, resolution = (
         await _looked_up(event, last, delivery),
-        "accepted",
+        AttemptStatus.ACCEPTED,
         "",
         "lookup",
     )
     if found is None:
-        receipt = await delivery.waiter.wait(pool, last["key"], delivery.receipt_wait_s)
+        receipt = await delivery.inflight.waiter.wait(
+            pool, last["key"], delivery.policy.receipt_wait_s
+        )
         if receipt is not None:
             found, status, error = (
                 receipt["provider_message_id"],
@@ -271,8 +178,10 @@ async def resume(event: CodeAllocated, pool: asyncpg.Pool, delivery: Delivery) -
             resolution = "receipt"
     if found is not None:
         INTERRUPTED.labels(provider, resolution).inc()
-        if status == "failed":
-            await journal.finish(Finish(last["key"], "undelivered", found, error or "failed"))
+        if status == AttemptStatus.FAILED:
+            await journal.finish(
+                Finish(last["key"], AttemptStatus.UNDELIVERED, found, error or "failed")
+            )
             return await send_part(event, pool, delivery, after=(last["channel"], provider))
         log.warning(
             "%s part %d: an interrupted attempt on %s went out (%s); not sending it again",
@@ -284,10 +193,15 @@ async def resume(event: CodeAllocated, pool: asyncpg.Pool, delivery: Delivery) -
         outcome = Outcome(event, channel=last["channel"], provider=provider, to=last["recipient"])
         outcome.provider_message_id, outcome.accepted_at = found, last["started_at"]
         outcome.attempt_key = last["key"]
-        return await _close(outcome, journal)
+        return await _close(outcome, delivery)
     INTERRUPTED.labels(provider, "sent_again").inc()
     await journal.finish(
-        Finish(last["key"], "unknown", None, "interrupted; no receipt came within the wait")
+        Finish(
+            last["key"],
+            AttemptStatus.UNKNOWN,
+            None,
+            "interrupted; no receipt came within the wait",
+        )
     )
     log.warning(
         "%s part %d: an attempt on %s was interrupted and no receipt came; sending again",
@@ -303,20 +217,17 @@ async def _looked_up(
 ) -> str | None:
     """The provider's message id of an interrupted attempt, from a provider that can list what
     it sent (Twilio: by recipient and day, matched on the text); None elsewhere."""
-    provider = next(
-        (p for ps in delivery.providers.values() for p in ps if p.name == attempt["provider"]),
-        None,
-    )
-    lookup = getattr(provider, "lookup", None)
+    channels = delivery.channels
+    lookup = getattr(channels.provider(attempt["provider"]), "lookup", None)
     if lookup is None:
         return None
-    store = delivery.stores.get(event.store_id)
+    store = channels.stores.get(event.store_id)
     try:
-        content = messages.content(event, delivery.cipher, store)
+        content = messages.content(event, channels.cipher, store)
     except CodeDecryptError:
         return None
     message = messages.outbound(
-        content, attempt["channel"], attempt["recipient"], "", store, delivery.whatsapp_template
+        content, attempt["channel"], attempt["recipient"], "", store, channels.whatsapp_template
     )
     try:
         found: str | None = await lookup(message, attempt["started_at"])
@@ -334,11 +245,13 @@ async def send_part(
     after: tuple[str, str] | None = None,
     resume_from: asyncpg.Record | None = None,
 ) -> Event | None:
-    """Try each route in turn until one provider accepts; record and report the outcome."""
+    """Try each route in turn until one provider accepts; record and report the outcome.
+    `after`: only the routes after this (channel, provider); `resume_from`: an interrupted
+    attempt, repeated first with its own key."""
     outcome = Outcome(event)
-    journal = delivery.journal(pool)
-    store = delivery.stores.get(event.store_id)
-    candidates = routes(event, store, delivery.providers)
+    channels = delivery.channels
+    store = channels.stores.get(event.store_id)
+    candidates = routes(event, store, channels.providers)
     if after is not None:
         names = [(r.channel, r.provider.name) for r in candidates]
         candidates = candidates[names.index(after) + 1 :] if after in names else []
@@ -349,133 +262,42 @@ async def send_part(
         candidates = again[:1] + [r for r in candidates if r not in again[:1]]
     if not candidates:
         outcome.reasons.append("no channel reaches the buyer (no phone, no email)")
-    content: messages.Content | None = None
     try:
-        content = messages.content(event, delivery.cipher, store)
+        content = messages.content(event, channels.cipher, store)
     except CodeDecryptError as exc:
         outcome.reasons.append(f"codes do not decrypt: {exc}")
-    deadline = asyncio.get_running_loop().time() + delivery.deadline_s
-    for route in candidates:
-        if content is None:
-            break
-        if delivery.is_revoked(event):
-            outcome.revoked = True
-            break
-        breaker = delivery.breaker(route.provider.name)
-        if not breaker.allow():
-            outcome.reasons.append(f"{route.provider.name}: skipped, circuit open")
-            continue
-        message = messages.outbound(
-            content, route.channel, route.to, "", store, delivery.whatsapp_template
-        )
-        try:
-            await try_provider(
-                route, message, event, journal, delivery, outcome, deadline, first_key
-            )
-            break
-        except Revoked:
-            outcome.revoked = True
-            break
-        except ProviderError as exc:
-            outcome.reasons.append(str(exc))
-        first_key = None
-    return await _close(outcome, journal)
-
-
-async def try_provider(
-    route: Route,
-    message: Outbound,
-    event: CodeAllocated,
-    journal: Journal,
-    delivery: Delivery,
-    outcome: Outcome,
-    deadline: float,
-    first_key: str | None,
-    purpose: str = "delivery",
-) -> None:
-    """One provider, retried with backoff and jitter while it is retriable, the circuit is
-    closed and the message's deadline allows."""
-    provider = route.provider
-    breaker = delivery.breaker(provider.name)
-    clock = asyncio.get_running_loop().time
-    # A plain loop rather than tenacity's AsyncRetrying: this runs for every message and
-    # tenacity's per-call set-up cost a measurable share of the notifier's CPU (see bench).
-    for number in range(delivery.attempts_per_provider):
-        key = first_key or uuid.uuid4().hex
-        first_key = None
-        try:
-            mid = await _attempt(route, message, event, key, journal, delivery, outcome, purpose)
-        except ProviderError as exc:
-            delay = min(delivery.backoff_s * 2**number, 2.0) + random.uniform(0, delivery.backoff_s)
-            last = number + 1 == delivery.attempts_per_provider
-            if not exc.retriable or breaker.state is not State.CLOSED or last:
-                raise
-            if clock() + delay >= deadline:
-                raise
-            await asyncio.sleep(delay)
-            continue
-        outcome.channel, outcome.provider, outcome.to = route.channel, provider.name, route.to
-        outcome.provider_message_id, outcome.accepted_at = mid, utcnow()
-        return
-
-
-async def _attempt(
-    route: Route,
-    message: Outbound,
-    event: CodeAllocated,
-    key: str,
-    journal: Journal,
-    delivery: Delivery,
-    outcome: Outcome,
-    purpose: str,
-) -> str:
-    """One provider call, journalled 'sending' before and with its outcome after."""
-    provider = route.provider
-    breaker = delivery.breaker(provider.name)
-    limiter = delivery.limiters.get(provider.name)
-    async with delivery.concurrency:
-        if limiter is not None:
-            await limiter.acquire()
-        # a resend's retries stop on a revocation too (resend.py catches Revoked)
-        if delivery.is_revoked(event):
-            raise Revoked()
-        begun = Begin(event.event_id, key, route.channel, provider.name, route.to, purpose)
-        if not await journal.begin(begun):
-            raise Revoked()
-        outcome.attempts += 1
-        try:
-            mid = await provider.send(
-                dataclasses.replace(
-                    message, key=key, reference=attempt_reference(key, event.order_key)
-                )
-            )
-        except ProviderError as exc:
-            ATTEMPTS.labels(provider.name, exc.kind).inc()
-            if exc.kind in ("unavailable", "rejected"):
-                breaker.failure()
-            elif exc.kind == "recipient":
-                breaker.success()  # it answered: the provider is healthy
-            await journal.finish(Finish(key, "failed", None, str(exc)))
-            raise
-    ATTEMPTS.labels(provider.name, "accepted").inc()
-    breaker.success()
-    if purpose == "delivery":
-        outcome.attempt_key = key  # recorded with the part's outcome, in the same statement
     else:
-        await journal.finish(Finish(key, "accepted", mid, None))
-    return mid
+        await try_routes(
+            candidates,
+            content,
+            store,
+            delivery,
+            outcome,
+            withdrawn=_heard_revoked(delivery),
+            first_key=first_key,
+        )
+    return await _close(outcome, delivery)
 
 
-async def _close(outcome: Outcome, journal: Journal) -> Event | None:
+def _heard_revoked(delivery: Delivery) -> Callable[[CodeAllocated], Awaitable[bool]]:
+    """A delivery notices a revocation in this replica's memory (`revoke` below)."""
+
+    async def withdrawn(event: CodeAllocated) -> bool:
+        return delivery.inflight.is_revoked(event)
+
+    return withdrawn
+
+
+async def _close(outcome: Outcome, delivery: Delivery) -> Event | None:
     event = outcome.event
     accepted = outcome.provider_message_id is not None
     if outcome.revoked and not accepted:
         log.info("%s part %d revoked before sending", event.order_key, event.part)
         return None
-    closed = await journal.close(
+    closed = await delivery.inflight.journal.close(
         Close(
             event.event_id,
-            "accepted" if accepted else "failed",
+            PartStatus.ACCEPTED if accepted else PartStatus.FAILED,
             outcome.channel,
             outcome.provider,
             outcome.provider_message_id,
@@ -530,9 +352,9 @@ def report(outcome: Outcome) -> Event:
 
 def report_row(row: asyncpg.Record) -> Event | None:
     """The report of a finished part, rebuilt from its row (revoked parts have none)."""
-    if row["status"] == "revoked" and row["accepted_at"] is None:
+    if row["status"] == PartStatus.REVOKED and row["accepted_at"] is None:
         return None
-    if row["status"] == "failed":
+    if row["status"] == PartStatus.FAILED:
         return MessageFailed(
             event_id=event_id_for("message.failed", row["allocation_event_id"]),
             order_key=row["order_key"],
@@ -565,7 +387,7 @@ async def revoke(batch: Sequence[CodeRevoked], pool: asyncpg.Pool, delivery: Del
     revocation arrives before the allocation)."""
     keys = [(e.order_key, part) for e in batch for part in (e.parts or [0])]
     reasons = [e.reason for e in batch for _ in (e.parts or [0])]
-    delivery.revoked.update(keys)
+    delivery.inflight.revoked.update(keys)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             """

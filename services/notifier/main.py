@@ -21,12 +21,14 @@ from aiolimiter import AsyncLimiter
 
 from services.notifier import admin, receipts, recovery
 from services.notifier.breaker import TRANSITIONS, CircuitBreaker, State
+from services.notifier.delivery import Channels, Delivery, DeliveryPolicy
 from services.notifier.email import SesEmail
-from services.notifier.handlers import ATTEMPTS, DELIVERY_SECONDS, Delivery, deliver, resume, revoke
+from services.notifier.handlers import DELIVERY_SECONDS, deliver, resume, revoke
 from services.notifier.journal import Coalescer
 from services.notifier.policy import StoreDirectory
 from services.notifier.providers import Failure, Provider
 from services.notifier.resend import ResendLimits
+from services.notifier.routing import ATTEMPTS
 from services.notifier.settings import NotifierSettings
 from services.notifier.sms import Twilio, Unifonic
 from services.notifier.whatsapp import WhatsAppCloud
@@ -133,12 +135,22 @@ def rate_limiter(per_second: float) -> AsyncLimiter:
     return AsyncLimiter(burst, burst / per_second)
 
 
-def build_delivery(
+def delivery_policy(settings: NotifierSettings) -> DeliveryPolicy:
+    return DeliveryPolicy(
+        deadline_s=settings.message_deadline_s,
+        attempts_per_provider=settings.attempts_per_provider,
+        hold_s=settings.batch_hold_s,
+        resume_after_s=settings.resume_after_s,
+        receipt_wait_s=settings.receipt_wait_s,
+    )
+
+
+def build_channels(
     settings: NotifierSettings,
     providers: dict[str, list[Provider]],
     cipher: CodeCipher,
     stores: StoreDirectory,
-) -> Delivery:
+) -> Channels:
     rates = {
         "whatsapp": settings.whatsapp_rate_per_s,
         "unifonic": settings.unifonic_rate_per_s,
@@ -146,10 +158,9 @@ def build_delivery(
         "email": settings.ses_rate_per_s,
     }
     names = [p.name for channel in providers.values() for p in channel]
-    return Delivery(
+    return Channels(
         providers=providers,
         cipher=cipher,
-        deadline_s=settings.message_deadline_s,
         concurrency=asyncio.Semaphore(settings.max_concurrent_sends),
         stores=stores,
         whatsapp_template=settings.whatsapp_template,
@@ -158,25 +169,21 @@ def build_delivery(
             for name in names
         },
         limiters={name: rate_limiter(rates[name]) for name in names if name in rates},
-        attempts_per_provider=settings.attempts_per_provider,
-        hold_s=settings.batch_hold_s,
-        resume_after_s=settings.resume_after_s,
-        receipt_wait_s=settings.receipt_wait_s,
     )
 
 
-def init_series(delivery: Delivery) -> None:
+def init_series(channels: Channels) -> None:
     """The series of every configured channel and provider at zero from the start, so the
     delivery SLO's and the circuits' queries have a series before the first message (each
-    provider's circuit gauge is set to 0 by its breaker, built with the delivery)."""
+    provider's circuit gauge is set to 0 by its breaker, built with the channels)."""
     metrics.init_consumer_series(
         SERVICE, [CodeAllocated.topic, CodeRevoked.topic, DeliveryReceipt.topic]
     )
     metrics.init_published_series(SERVICE, [MessageSent.topic, MessageFailed.topic])
-    for channel, providers in delivery.providers.items():
+    for channel, providers in channels.providers.items():
         DELIVERY_SECONDS.labels(channel)
         for provider in providers:
-            delivery.breaker(provider.name)
+            channels.breaker(provider.name)
             for outcome in ("accepted", *get_args(Failure)):
                 ATTEMPTS.labels(provider.name, outcome)
             for state in State:
@@ -212,9 +219,10 @@ async def sweep(pool: asyncpg.Pool, delivery: Delivery, older_than_s: float) -> 
     started = 0
     for row in rows:
         event = CodeAllocated.model_validate_json(row["event"])
-        if event.event_id in delivery.inflight:
+        if event.event_id in delivery.inflight.tasks:
             continue
-        delivery.publish_later(delivery.start(resume(event, pool, delivery), event.event_id))
+        inflight = delivery.inflight
+        inflight.publish_later(inflight.start(resume(event, pool, delivery), event.event_id))
         started += 1
     if started:
         log.warning("resuming %d unfinished deliveries", started)
@@ -226,20 +234,24 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
     settings = rt.settings
     assert isinstance(settings, NotifierSettings)
     cipher = CodeCipher.from_settings(settings)
-    pool = await connect_and_migrate(
-        settings.database_url, "notifier", SQL, max_size=settings.db_pool_max
-    )
-    clients = kafka(settings)
-    producer = clients.producer
-    session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
-        connector=aiohttp.TCPConnector(limit=settings.max_concurrent_sends),
-    )
     stores = StoreDirectory()
-    delivery = build_delivery(settings, build_providers(settings, session), cipher, stores)
-    init_series(delivery)
-    try:
-        await producer.start()
+    # closed in reverse order of opening, each one only if it was opened
+    async with contextlib.AsyncExitStack() as resources:
+        pool = await connect_and_migrate(
+            settings.database_url, "notifier", SQL, max_size=settings.db_pool_max
+        )
+        resources.push_async_callback(pool.close)
+        clients = kafka(settings)
+        resources.push_async_callback(clients.close)
+        producer = clients.producer
+        session = await resources.enter_async_context(
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
+                connector=aiohttp.TCPConnector(limit=settings.max_concurrent_sends),
+            )
+        )
+        channels = build_channels(settings, build_providers(settings, session), cipher, stores)
+        init_series(channels)
 
         async def publish_events(events: list[Event]) -> None:
             await publish(producer, events, SERVICE)
@@ -254,7 +266,10 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         async def publish_late(events: list[Event]) -> None:
             await asyncio.gather(*(late_reports.submit(e) for e in events))
 
-        delivery.on_late = publish_late
+        delivery = Delivery.over(pool, channels, delivery_policy(settings), on_late=publish_late)
+        # what is in flight finishes first, while the session, producer and pool are open
+        resources.push_async_callback(drain, delivery, settings.shutdown_grace_s)
+        await producer.start()
 
         async def on_allocated(batch: Sequence[CodeAllocated]) -> None:
             await publish(producer, await deliver(batch, pool, delivery), SERVICE)
@@ -309,16 +324,11 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         rt.app[admin.LIMITS] = limits
         rt.app.add_routes(admin.ROUTES)
         yield
-    finally:
-        await drain(delivery, settings.shutdown_grace_s)
-        await session.close()
-        await clients.close()
-        await pool.close()
 
 
 async def drain(delivery: Delivery, grace_s: float) -> None:
     """Let messages in flight finish; what is cut off stays 'sending' and is resumed later."""
-    pending = list(delivery.inflight.values())
+    pending = list(delivery.inflight.tasks.values())
     if not pending:
         return
     _, late = await asyncio.wait(pending, timeout=grace_s)

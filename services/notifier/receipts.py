@@ -18,7 +18,8 @@ from typing import Literal
 import asyncpg
 from prometheus_client import Counter, Histogram
 
-from services.notifier.handlers import Delivery, send_part
+from services.notifier.delivery import Delivery, Purpose
+from services.notifier.handlers import send_part
 from shared.events import CodeAllocated, DeliveryReceipt, utcnow
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ async def apply(
     if fresh and unmatched:
         await _keep(pool, unmatched)
         if any(r.attempt_key for r in unmatched):
-            delivery.waiter.poke()
+            delivery.inflight.waiter.poke()
     if not fresh and matched:
         await pool.execute("DELETE FROM receipts WHERE event_id = ANY($1::text[])", list(matched))
     return matched
@@ -128,7 +129,7 @@ async def _apply_failed(pool: asyncpg.Pool, delivery: Delivery, r: DeliveryRecei
             r.attempt_key,
             r.error,
         )
-        if attempt is None or attempt["purpose"] != "delivery":
+        if attempt is None or attempt["purpose"] != Purpose.DELIVERY:
             return attempt is not None
         reopened = await conn.fetchrow(
             """
@@ -150,11 +151,11 @@ async def _apply_failed(pool: asyncpg.Pool, delivery: Delivery, r: DeliveryRecei
             event.part,
             r.provider,
         )
-        task = delivery.start(
+        task = delivery.inflight.start(
             send_part(event, pool, delivery, after=(attempt["channel"], r.provider)),
             event.event_id,
         )
-        delivery.publish_later(task)
+        delivery.inflight.publish_later(task)
     return True
 
 

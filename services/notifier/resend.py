@@ -9,7 +9,7 @@ when the revocation arrives while the resend is under way, or on another replica
 
 from __future__ import annotations
 
-import asyncio
+import enum
 import json
 import logging
 import re
@@ -19,9 +19,10 @@ from typing import Any
 import asyncpg
 
 from services.notifier import messages
-from services.notifier.handlers import Delivery, Outcome, Revoked, report, try_provider
+from services.notifier.delivery import Delivery, PartStatus, Purpose
+from services.notifier.handlers import report
 from services.notifier.policy import routes
-from services.notifier.providers import ProviderError
+from services.notifier.routing import Outcome, try_routes
 from shared.codecrypt import CodeDecryptError
 from shared.events import CodeAllocated, Event
 
@@ -58,6 +59,23 @@ class TooManyResends(ResendError):
     def __init__(self, detail: str, retry_after_s: float):
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+class PartResent(enum.StrEnum):
+    """What a resend did with one part (the answer's and the audit's `parts[].status`)."""
+
+    ACCEPTED = "accepted"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # revoked: never sent again
+
+
+class ResendOutcome(enum.StrEnum):
+    """A resend as a whole (`resends.outcome`)."""
+
+    SENT = "sent"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -213,14 +231,14 @@ async def _audit_start(
 
 async def _audit_finish(pool: asyncpg.Pool, result: ResendResult) -> None:
     statuses = {p["status"] for p in result.parts}
-    if statuses <= {"skipped"}:
-        outcome = "skipped"
-    elif statuses <= {"accepted", "skipped"}:
-        outcome = "sent"
-    elif "accepted" in statuses:
-        outcome = "partial"
+    if statuses <= {PartResent.SKIPPED}:
+        outcome = ResendOutcome.SKIPPED
+    elif statuses <= {PartResent.ACCEPTED, PartResent.SKIPPED}:
+        outcome = ResendOutcome.SENT
+    elif PartResent.ACCEPTED in statuses:
+        outcome = ResendOutcome.PARTIAL
     else:
-        outcome = "failed"
+        outcome = ResendOutcome.FAILED
     summary = [
         {k: p.get(k) for k in ("part", "status", "channel", "provider", "provider_message_id")}
         for p in result.parts
@@ -236,7 +254,7 @@ async def _audit_finish(pool: asyncpg.Pool, result: ResendResult) -> None:
 async def _withdrawn(pool: asyncpg.Pool, delivery: Delivery, event: CodeAllocated) -> bool:
     """Revoked here (this replica's memory) or anywhere (the revocations table, which another
     replica may have written a moment ago)."""
-    if delivery.is_revoked(event):
+    if delivery.inflight.is_revoked(event):
         return True
     found = await pool.fetchval(
         "SELECT 1 FROM revocations WHERE order_key = $1 AND part IN (0, $2)",
@@ -256,53 +274,47 @@ async def _send_parts(
 ) -> None:
     # codes withdrawn from a cancelled order are never sent again, even those delivered
     # before the cancellation arrived (the revocations table outlives restarts)
-    withdrawn = {
+    withdrawn_parts = {
         r["part"]
         for r in await pool.fetch("SELECT part FROM revocations WHERE order_key = $1", order_key)
     }
-    journal = delivery.journal(pool)
+    channels = delivery.channels
+
+    async def withdrawn(event: CodeAllocated) -> bool:
+        # a revocation may arrive while an earlier route was tried, on any replica
+        return await _withdrawn(pool, delivery, event)
+
     for row in rows:
-        revoked = row["status"] == "revoked" or withdrawn & {0, row["part"]}
+        revoked = row["status"] == PartStatus.REVOKED or withdrawn_parts & {0, row["part"]}
         if revoked or row["event"] is None:
-            result.parts.append({"part": row["part"], "status": "skipped", "reasons": ["revoked"]})
+            result.parts.append(_skipped(row["part"]))
             continue
         original = CodeAllocated.model_validate_json(row["event"])
         customer = original.customer.model_copy(update=recipient)
         event = original.model_copy(update={"customer": customer})
-        store = delivery.stores.get(event.store_id)
+        store = channels.stores.get(event.store_id)
         outcome = Outcome(event)
         try:
-            content = messages.content(event, delivery.cipher, store)
+            content = messages.content(event, channels.cipher, store)
         except CodeDecryptError as exc:
-            result.parts.append({"part": row["part"], "status": "failed", "reasons": [str(exc)]})
-            continue
-        deadline = asyncio.get_running_loop().time() + delivery.deadline_s
-        for route in routes(event, store, delivery.providers):
-            # a revocation may arrive while an earlier route was tried
-            if await _withdrawn(pool, delivery, event):
-                outcome.revoked = True
-                break
-            if not delivery.breaker(route.provider.name).allow():
-                outcome.reasons.append(f"{route.provider.name}: skipped, circuit open")
-                continue
-            message = messages.outbound(
-                content, route.channel, route.to, "", store, delivery.whatsapp_template
+            result.parts.append(
+                {"part": row["part"], "status": PartResent.FAILED, "reasons": [str(exc)]}
             )
-            try:
-                await try_provider(
-                    route, message, event, journal, delivery, outcome, deadline, None, "resend"
-                )
-                break
-            except Revoked:
-                outcome.revoked = True
-                break
-            except ProviderError as exc:
-                outcome.reasons.append(str(exc))
+            continue
+        await try_routes(
+            routes(event, store, channels.providers),
+            content,
+            store,
+            delivery,
+            outcome,
+            withdrawn=withdrawn,
+            purpose=Purpose.RESEND,
+        )
         accepted = outcome.provider_message_id is not None
         if outcome.revoked and not accepted:
-            result.parts.append({"part": row["part"], "status": "skipped", "reasons": ["revoked"]})
+            result.parts.append(_skipped(row["part"]))
             continue
-        if accepted and row["status"] == "failed":
+        if accepted and row["status"] == PartStatus.FAILED:
             reopened = await pool.execute(
                 """
                 UPDATE deliveries SET status = 'accepted', channel = $2, provider = $3,
@@ -323,7 +335,7 @@ async def _send_parts(
         result.parts.append(
             {
                 "part": row["part"],
-                "status": "accepted" if accepted else "failed",
+                "status": PartResent.ACCEPTED if accepted else PartResent.FAILED,
                 "channel": outcome.channel,
                 "provider": outcome.provider,
                 "provider_message_id": outcome.provider_message_id,
@@ -331,3 +343,7 @@ async def _send_parts(
                 "reasons": outcome.reasons,
             }
         )
+
+
+def _skipped(part: int) -> dict[str, Any]:
+    return {"part": part, "status": PartResent.SKIPPED, "reasons": ["revoked"]}

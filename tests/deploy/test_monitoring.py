@@ -29,7 +29,7 @@ SERVICE_MODULES = (
     "services.ingest.main",
     "services.allocator.main",
     "services.notifier.main",
-    "services.restocker.app",
+    "services.restocker.main",
 )
 REQUIRED_ALERTS = {
     "TasleemConsumerLagGrowing",

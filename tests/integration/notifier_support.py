@@ -20,7 +20,7 @@ from deploy.sandbox.app import init_app
 from deploy.sandbox.config import SandboxConfig, UnifonicConfig, WhatsAppConfig
 from services.notifier import admin
 from services.notifier.breaker import CircuitBreaker
-from services.notifier.handlers import Delivery
+from services.notifier.delivery import Channels, Delivery, DeliveryPolicy
 from services.notifier.main import SQL
 from services.notifier.providers import Provider
 from services.notifier.resend import DEFAULT_LIMITS, ResendLimits
@@ -56,7 +56,7 @@ class Notifier:
         for name in names:
             provider = self.providers[name]
             chosen.setdefault(provider.channel, []).append(provider)
-        self.delivery.providers = chosen
+        self.delivery.channels.providers = chosen
 
     async def inbox(self, to: str) -> list[dict[str, Any]]:
         async with self.session.get(f"{self.sandbox}/inbox", params={"to": to}) as resp:
@@ -97,15 +97,17 @@ def allocation(
     )
 
 
-def new_delivery(cipher: CodeCipher, **options: Any) -> Delivery:
+def new_delivery(cipher: CodeCipher, pool: asyncpg.Pool, **policy: Any) -> Delivery:
     """One notifier replica's delivery state (each replica has its own memory)."""
-    return Delivery(
-        providers={},
-        cipher=cipher,
-        deadline_s=10,
-        concurrency=asyncio.Semaphore(16),
-        breakers={n: CircuitBreaker(n, threshold=50, cooldown_s=0.2) for n in ("whatsapp",)},
-        **{"backoff_s": 0.01, **options},
+    return Delivery.over(
+        pool,
+        Channels(
+            providers={},
+            cipher=cipher,
+            concurrency=asyncio.Semaphore(16),
+            breakers={n: CircuitBreaker(n, threshold=50, cooldown_s=0.2) for n in ("whatsapp",)},
+        ),
+        DeliveryPolicy(**{"deadline_s": 10, "backoff_s": 0.01, **policy}),
     )
 
 
@@ -115,7 +117,7 @@ async def running_notifier(
 ) -> AsyncIterator[Notifier]:
     pool = await connect_and_migrate(dsn, "notifier", SQL)
     session = aiohttp.ClientSession()
-    delivery = new_delivery(cipher, **options)
+    delivery = new_delivery(cipher, pool, **options)
     reported: list[Event] = []
 
     async def report(events: list[Event]) -> None:
@@ -158,7 +160,7 @@ async def running_notifier(
     try:
         yield notifier
     finally:
-        await asyncio.gather(*delivery.inflight.values(), return_exceptions=True)
+        await asyncio.gather(*delivery.inflight.tasks.values(), return_exceptions=True)
         await sandbox_server.close()
         await notifier_server.close()
         await session.close()

@@ -9,7 +9,8 @@ from aiohttp.test_utils import TestServer
 
 from deploy.sandbox.app import init_app
 from deploy.sandbox.config import SandboxConfig, WhatsAppConfig
-from services.notifier.handlers import Delivery, deliver
+from services.notifier.delivery import Channels, Delivery, DeliveryPolicy
+from services.notifier.handlers import deliver
 from services.notifier.main import SQL
 from services.notifier.whatsapp import WhatsAppCloud
 from shared.db import connect_and_migrate
@@ -46,11 +47,14 @@ async def delivery(sandbox, cipher, database):
     async with aiohttp.ClientSession() as session:
         yield (
             pool,
-            Delivery(
-                providers={"whatsapp": [WhatsAppCloud(session, sandbox, "21.0", TOKEN, "42")]},
-                cipher=cipher,
-                deadline_s=2,
-                concurrency=asyncio.Semaphore(8),
+            Delivery.over(
+                pool,
+                Channels(
+                    providers={"whatsapp": [WhatsAppCloud(session, sandbox, "21.0", TOKEN, "42")]},
+                    cipher=cipher,
+                    concurrency=asyncio.Semaphore(8),
+                ),
+                DeliveryPolicy(deadline_s=2),
             ),
         )
     await pool.close()

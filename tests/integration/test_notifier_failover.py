@@ -8,7 +8,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +25,9 @@ from deploy.sandbox.config import SandboxConfig, TwilioConfig, UnifonicConfig, W
 from deploy.sandbox.whatsapp import WHATSAPP
 from services.notifier import admin
 from services.notifier.breaker import CircuitBreaker, State
+from services.notifier.delivery import Channels, Delivery, DeliveryPolicy, InFlight
 from services.notifier.email import SesEmail
-from services.notifier.handlers import Delivery, deliver, revoke
+from services.notifier.handlers import deliver, revoke
 from services.notifier.main import SQL, rate_limiter, sweep
 from services.notifier.policy import StoreDirectory
 from services.notifier.providers import Outbound, Provider
@@ -77,7 +78,7 @@ class World:
         for name in names:
             provider = self.all_providers[name]
             chosen.setdefault(provider.channel, []).append(provider)
-        self.delivery.providers = chosen
+        self.delivery.channels.providers = chosen
 
     async def inbox(self, to: str | None = None) -> list[dict[str, Any]]:
         params = {"to": to} if to else {}
@@ -133,14 +134,6 @@ async def world(cipher: CodeCipher, database: str, kafka: str) -> AsyncIterator[
     pool = await connect_and_migrate(database, "notifier", SQL)
     session = aiohttp.ClientSession()
     names = ["whatsapp", "unifonic", "twilio", "email"]
-    delivery = Delivery(
-        providers={},
-        cipher=cipher,
-        deadline_s=5,
-        concurrency=asyncio.Semaphore(64),
-        breakers=make_breakers(names),
-        backoff_s=0.01,
-    )
     port = free_port()
     notifier = f"http://127.0.0.1:{port}"
     late: list[Event] = []
@@ -148,7 +141,17 @@ async def world(cipher: CodeCipher, database: str, kafka: str) -> AsyncIterator[
     async def report(events: list[Event]) -> None:
         late.extend(events)
 
-    delivery.on_late = report
+    delivery = Delivery.over(
+        pool,
+        Channels(
+            providers={},
+            cipher=cipher,
+            concurrency=asyncio.Semaphore(64),
+            breakers=make_breakers(names),
+        ),
+        DeliveryPolicy(deadline_s=5, backoff_s=0.01),
+        on_late=report,
+    )
     app = web.Application(
         middlewares=[admin_guard("notifier", admin_auth.entry("tests", "operate", ADMIN_TOKEN))]
     )
@@ -205,7 +208,7 @@ async def world(cipher: CodeCipher, database: str, kafka: str) -> AsyncIterator[
     try:
         yield w
     finally:
-        await asyncio.gather(*delivery.inflight.values(), return_exceptions=True)
+        await asyncio.gather(*delivery.inflight.tasks.values(), return_exceptions=True)
         await sandbox_server.close()
         await receipt_gateway.__aexit__(None, None, None)
         await notifier_server.close()
@@ -287,14 +290,15 @@ async def test_429_is_retried_and_the_rate_limit_holds(cipher, database):
     try:
         async with aiohttp.ClientSession() as session:
             whatsapp = WhatsAppCloud(session, str(server.make_url("")), "21.0", WA_TOKEN, "42")
-            delivery = Delivery(
-                providers={"whatsapp": [whatsapp]},
-                cipher=cipher,
-                deadline_s=10,
-                concurrency=asyncio.Semaphore(64),
-                breakers=make_breakers(["whatsapp"]),
-                attempts_per_provider=8,
-                backoff_s=0.2,
+            delivery = Delivery.over(
+                pool,
+                Channels(
+                    providers={"whatsapp": [whatsapp]},
+                    cipher=cipher,
+                    concurrency=asyncio.Semaphore(64),
+                    breakers=make_breakers(["whatsapp"]),
+                ),
+                DeliveryPolicy(deadline_s=10, attempts_per_provider=8, backoff_s=0.2),
             )
             # no limiter of ours: the provider answers 130429, and we retry until it takes them
             burst = [
@@ -305,12 +309,12 @@ async def test_429_is_retried_and_the_rate_limit_holds(cipher, database):
             assert state.throttled > 0
             assert all(isinstance(r, MessageSent) and r.channel == "whatsapp" for r in reports)
             assert sum(r.attempts for r in reports if isinstance(r, MessageSent)) > 60
-            assert delivery.breakers["whatsapp"].state is State.CLOSED  # busy is not down
+            assert delivery.channels.breakers["whatsapp"].state is State.CLOSED  # busy is not down
 
             # with our limiter below the provider's limit, nothing is refused
             await asyncio.sleep(1.1)
             throttled = state.throttled
-            delivery.limiters = {"whatsapp": rate_limiter(25)}
+            delivery.channels.limiters = {"whatsapp": rate_limiter(25)}
             calm = [
                 allocation(cipher, f"c{i}", f"C-{i}", phone=f"+96655{i:07d}") for i in range(50)
             ]
@@ -330,7 +334,7 @@ async def test_permanent_errors_move_straight_to_the_next_channel(world, cipher)
     (sent,) = await deliver([not_on_whatsapp], world.pool, world.delivery)
     assert isinstance(sent, MessageSent)
     assert (sent.channel, sent.provider, sent.attempts) == ("sms", "unifonic", 2)  # no retry
-    assert world.delivery.breakers["whatsapp"].state is State.CLOSED
+    assert world.delivery.channels.breakers["whatsapp"].state is State.CLOSED
 
     world.use("twilio", "email")
     bad_number = allocation(cipher, "p2", "P-2", phone="12345", email="p2@example.com")
@@ -393,11 +397,11 @@ async def test_revoked_parts_are_never_sent(world, cipher):
     assert (await world.row(early))["status"] == "revoked"
 
     # a fresh process (no memory of the revocation) still honours it, from the database
-    world.delivery.revoked.clear()
+    world.delivery.inflight.revoked.clear()
     later_part = allocation(cipher, "v1", "V-2", phone="+966551110001", part=2)
     whole = CodeRevoked(event_id="rv2", order_key=early.order_key, code_ids=[2], reason="x")
     await revoke([whole], world.pool, world.delivery)
-    world.delivery.revoked.clear()
+    world.delivery.inflight.revoked.clear()
     assert await deliver([later_part], world.pool, world.delivery) == []
     assert await world.inbox("+966551110001") == []
 
@@ -412,7 +416,7 @@ async def test_revoked_parts_are_never_sent(world, cipher):
     assert (await world.row(sent_one))["status"] in ("accepted", "delivered")
     assert len(await world.inbox("+966551110002")) == 1
     # ...but an operator resend never sends the withdrawn codes again (even after a restart)
-    world.delivery.revoked.clear()
+    world.delivery.inflight.revoked.clear()
     result = await resend(world.pool, world.delivery, sent_one.order_key, phone="+966551110003")
     assert [p["status"] for p in result.parts] == ["skipped"] and result.events == []
     assert await world.inbox("+966551110003") == []
@@ -433,7 +437,7 @@ class CrashAfterSend:
 
 async def test_a_crash_left_sending_is_resolved_without_a_second_sms(world, cipher):
     unifonic = world.all_providers["unifonic"]
-    world.delivery.providers = {"sms": [CrashAfterSend(unifonic)]}
+    world.delivery.channels.providers = {"sms": [CrashAfterSend(unifonic)]}
     event = allocation(cipher, "c1", "CR-1", phone="+966551113333")
     with pytest.raises(Crash):
         await deliver([event], world.pool, world.delivery)
@@ -447,7 +451,9 @@ async def test_a_crash_left_sending_is_resolved_without_a_second_sms(world, ciph
 
 
 async def test_a_crash_on_whatsapp_is_sent_again_the_documented_window(world, cipher):
-    world.delivery.providers = {"whatsapp": [CrashAfterSend(world.all_providers["whatsapp"])]}
+    world.delivery.channels.providers = {
+        "whatsapp": [CrashAfterSend(world.all_providers["whatsapp"])]
+    }
     event = allocation(cipher, "c2", "CR-2", phone="+966551114444")
     with pytest.raises(Crash):
         await deliver([event], world.pool, world.delivery)
@@ -518,7 +524,7 @@ async def test_store_settings_from_kafka_choose_channels_and_text(world, cipher,
     following = asyncio.create_task(stores.follow(kafka_clients.reader(client_settings(kafka))))
     try:
         await until(lambda: _true(stores.get("s1") is not None), limit_s=15)
-        world.delivery.stores = stores
+        world.delivery.channels.stores = stores
         event = allocation(cipher, "k1", "K-1", email="k1@example.com")
         (sent,) = await deliver([event], world.pool, world.delivery)
         assert isinstance(sent, MessageSent) and sent.channel == "email"
@@ -557,15 +563,16 @@ async def test_one_slow_message_does_not_hold_its_batch(world, cipher, kafka):
     producer = kafka_clients.producer(settings)
     await producer.start()
     slow_phone = "+966551230000"
-    world.delivery.providers = {
+    world.delivery.channels.providers = {
         "whatsapp": [SlowFor(world.all_providers["whatsapp"], slow_phone, 1.5)]
     }
-    world.delivery.hold_s = 0.3
+    world.delivery.policy = replace(world.delivery.policy, hold_s=0.3)
 
     async def report(events: list[Event]) -> None:
         await publish(producer, events, "notifier")
 
-    world.delivery.on_late = report
+    # this test's own in-flight state: its late reports go to the broker
+    world.delivery.inflight = InFlight(world.delivery.inflight.journal, on_late=report)
 
     async def on_allocated(batch: list[CodeAllocated]) -> None:
         await report(await deliver(batch, world.pool, world.delivery))
@@ -612,7 +619,7 @@ async def test_one_slow_message_does_not_hold_its_batch(world, cipher, kafka):
 async def test_two_replicas_sweeping_at_once_resume_a_part_once(world, cipher):
     """Two notifier replicas run their resume sweep at the same moment over one stale part:
     exactly one takes it, so the buyer gets one message."""
-    world.delivery.providers = {"sms": [CrashAfterSend(world.all_providers["unifonic"])]}
+    world.delivery.channels.providers = {"sms": [CrashAfterSend(world.all_providers["unifonic"])]}
     event = allocation(cipher, "w2", "SW-2", phone="+966551116666")
     with pytest.raises(Crash):
         await deliver([event], world.pool, world.delivery)
@@ -632,7 +639,7 @@ async def test_two_replicas_sweeping_at_once_resume_a_part_once(world, cipher):
 async def test_the_sweep_resumes_parts_whose_batch_was_already_committed(world, cipher):
     """A crash after the batch's offsets were committed: no redelivery will come, so the
     resume sweep finds the part left 'sending' once it is stale and finishes it."""
-    world.delivery.providers = {"sms": [CrashAfterSend(world.all_providers["unifonic"])]}
+    world.delivery.channels.providers = {"sms": [CrashAfterSend(world.all_providers["unifonic"])]}
     event = allocation(cipher, "w1", "SW-1", phone="+966551115555")
     with pytest.raises(Crash):
         await deliver([event], world.pool, world.delivery)

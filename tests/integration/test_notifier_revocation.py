@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -59,12 +60,12 @@ async def test_a_revocation_heard_during_a_retry_stops_the_next_attempt(notifier
     """This replica hears `code.revoked` while WhatsApp is failing: the retry must not go,
     even though the database has not been told yet (the in-memory mark comes first)."""
     notifier.use("whatsapp")
-    notifier.delivery.attempts_per_provider = 4
+    notifier.delivery.policy = replace(notifier.delivery.policy, attempts_per_provider=4)
     event = allocation(cipher, "r1", "REV-1", phone="+966551000001")
     await notifier.fault("whatsapp", down=True, latency_ms=300)
     sending = asyncio.create_task(deliver([event], notifier.pool, notifier.delivery))
     await until_attempted(notifier, event, status="failed")
-    notifier.delivery.revoked.add((event.order_key, event.part))  # heard, not yet written
+    notifier.delivery.inflight.revoked.add((event.order_key, event.part))  # heard, not yet written
     await notifier.fault("whatsapp", down=False, latency_ms=0)  # a retry would now succeed
     assert await sending == []
     assert await notifier.inbox("+966551000001") == []
@@ -75,8 +76,8 @@ async def test_a_revocation_on_another_replica_stops_this_one(notifier, cipher):
     """Replica B consumes `code.revoked` while replica A is between retries of the part: A
     knows nothing in memory; the journal refuses A's next attempt."""
     notifier.use("whatsapp")
-    notifier.delivery.attempts_per_provider = 4
-    other_replica = new_delivery(cipher)
+    notifier.delivery.policy = replace(notifier.delivery.policy, attempts_per_provider=4)
+    other_replica = new_delivery(cipher, notifier.pool)
     event = allocation(cipher, "r2", "REV-2", phone="+966551000002")
     await notifier.fault("whatsapp", down=True, latency_ms=300)
     sending = asyncio.create_task(deliver([event], notifier.pool, notifier.delivery))
@@ -93,7 +94,7 @@ async def test_a_revocation_on_another_replica_stops_this_one(notifier, cipher):
 
 async def test_a_revocation_before_the_allocation_on_another_replica(notifier, cipher):
     event = allocation(cipher, "r3", "REV-3", phone="+966551000003")
-    await revoke([revocation(event)], notifier.pool, new_delivery(cipher))
+    await revoke([revocation(event)], notifier.pool, new_delivery(cipher, notifier.pool))
     assert await deliver([event], notifier.pool, notifier.delivery) == []
     assert await notifier.inbox("+966551000003") == []
     assert await notifier.attempts(event) == []
@@ -102,8 +103,12 @@ async def test_a_revocation_before_the_allocation_on_another_replica(notifier, c
 async def test_a_resend_never_sends_a_part_revoked_after_it_was_delivered(notifier, cipher):
     event = allocation(cipher, "r4", "REV-4", phone="+966551000004")
     assert len(await deliver([event], notifier.pool, notifier.delivery)) == 1
-    await revoke([revocation(event)], notifier.pool, new_delivery(cipher))  # a late refund
-    result = await resend(notifier.pool, new_delivery(cipher), event.order_key, caller="amal")
+    await revoke(
+        [revocation(event)], notifier.pool, new_delivery(cipher, notifier.pool)
+    )  # a late refund
+    result = await resend(
+        notifier.pool, new_delivery(cipher, notifier.pool), event.order_key, caller="amal"
+    )
     assert [p["status"] for p in result.parts] == ["skipped"]
     assert len(await notifier.inbox("+966551000004")) == 1  # only the original message
 
@@ -118,7 +123,7 @@ async def test_a_revocation_during_a_resend_stops_its_fail_over(notifier, cipher
         resend(notifier.pool, notifier.delivery, event.order_key, "+966551009995", caller="amal")
     )
     await until_attempted(notifier, event, count=2)  # the delivery, then the resend's first
-    await revoke([revocation(event)], notifier.pool, new_delivery(cipher))
+    await revoke([revocation(event)], notifier.pool, new_delivery(cipher, notifier.pool))
     result = await resending
     assert [p["status"] for p in result.parts] == ["skipped"]
     assert await notifier.inbox("+966551009995") == []
@@ -128,7 +133,7 @@ async def test_a_revocation_during_a_resend_stops_its_fail_over(notifier, cipher
 
 async def test_a_revocation_heard_during_a_resend_retry_stops_it(notifier, cipher):
     notifier.use("whatsapp")
-    notifier.delivery.attempts_per_provider = 4
+    notifier.delivery.policy = replace(notifier.delivery.policy, attempts_per_provider=4)
     event = allocation(cipher, "r6", "REV-6", phone="+966551000006")
     assert len(await deliver([event], notifier.pool, notifier.delivery)) == 1
     await notifier.fault("whatsapp", down=True, latency_ms=300)
@@ -136,7 +141,7 @@ async def test_a_revocation_heard_during_a_resend_retry_stops_it(notifier, ciphe
         resend(notifier.pool, notifier.delivery, event.order_key, "+966551009996", caller="amal")
     )
     await until_attempted(notifier, event, count=1, status="failed")  # the resend's first
-    notifier.delivery.revoked.add((event.order_key, event.part))
+    notifier.delivery.inflight.revoked.add((event.order_key, event.part))
     await notifier.fault("whatsapp", down=False, latency_ms=0)
     result = await resending
     assert [p["status"] for p in result.parts] == ["skipped"]

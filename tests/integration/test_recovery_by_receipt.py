@@ -4,6 +4,8 @@ their real path: sandbox -> gateway -> `delivery.receipt` -> the notifier's jour
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from services.notifier import receipts
@@ -24,7 +26,7 @@ def resolved(provider: str, how: str) -> float:
 
 
 async def crash_then_redeliver(world, event, provider: str):
-    world.delivery.providers = {
+    world.delivery.channels.providers = {
         world.all_providers[provider].channel: [CrashAfterSend(world.all_providers[provider])]
     }
     with pytest.raises(Crash):
@@ -35,7 +37,7 @@ async def crash_then_redeliver(world, event, provider: str):
 
 
 async def test_a_whatsapp_attempt_cut_off_by_a_crash_is_resolved_by_its_receipt(world, cipher):
-    world.delivery.receipt_wait_s = 15
+    world.delivery.policy = replace(world.delivery.policy, receipt_wait_s=15)
     before = resolved("whatsapp", "receipt")
     event = allocation(cipher, "rr1", "RR-1", phone="+966551116666")
 
@@ -55,7 +57,7 @@ async def test_receipts_later_than_the_wait_mean_the_message_is_sent_again(world
     late receipt still lands, and the record shows both arrived."""
     async with world.session.put(f"{world.sandbox}/receipts/_settings", json={"delay_s": 2}):
         pass
-    world.delivery.receipt_wait_s = 0.3
+    world.delivery.policy = replace(world.delivery.policy, receipt_wait_s=0.3)
     before = resolved("whatsapp", "sent_again")
     event = allocation(cipher, "rr2", "RR-2", phone="+966551117777")
 
@@ -78,7 +80,9 @@ async def test_receipts_later_than_the_wait_mean_the_message_is_sent_again(world
 async def test_a_twilio_attempt_cut_off_by_a_crash_is_found_in_its_message_list(world, cipher):
     async with world.session.put(f"{world.sandbox}/receipts/_settings", json={"delay_s": 60}):
         pass
-    world.delivery.receipt_wait_s = 0.3  # no receipt will come in time: the lookup decides
+    world.delivery.policy = replace(
+        world.delivery.policy, receipt_wait_s=0.3
+    )  # no receipt will come in time: the lookup decides
     before = resolved("twilio", "lookup")
     event = allocation(cipher, "rr3", "RR-3", phone="+966551118888")
 
@@ -91,9 +95,11 @@ async def test_a_twilio_attempt_cut_off_by_a_crash_is_found_in_its_message_list(
 
 async def test_a_failed_receipt_for_a_cut_off_attempt_moves_to_the_next_channel(world, cipher):
     await world.fault("whatsapp", fail_after_accept=True)
-    world.delivery.receipt_wait_s = 15
+    world.delivery.policy = replace(world.delivery.policy, receipt_wait_s=15)
     event = allocation(cipher, "rr4", "RR-4", phone="+966551119999")
-    world.delivery.providers = {"whatsapp": [CrashAfterSend(world.all_providers["whatsapp"])]}
+    world.delivery.channels.providers = {
+        "whatsapp": [CrashAfterSend(world.all_providers["whatsapp"])]
+    }
     with pytest.raises(Crash):
         await deliver([event], world.pool, world.delivery)
     world.use("whatsapp", "unifonic")

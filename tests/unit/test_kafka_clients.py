@@ -15,7 +15,7 @@ from services.ingest import main as ingest
 from services.ingest.settings import IngestSettings
 from services.notifier import main as notifier
 from services.notifier.settings import NotifierSettings
-from services.restocker.app import create_app
+from services.restocker.main import create_app
 from services.restocker.settings import RestockerSettings
 from shared import kafka_clients
 from shared.codecrypt import generate_key_settings

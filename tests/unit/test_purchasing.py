@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
 from deploy.sandbox.app import init_app
-from services.restocker.app import stock_report
+from services.restocker.handlers import stock_report
 from services.restocker.policy import Policy, Purchase, SkuState, decide, reference_stem
 from services.restocker.purchasing import Limits, Purchasing
 from services.restocker.settings import RestockerSettings

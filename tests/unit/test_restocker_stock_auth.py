@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.restocker.app import add_stock_route
+from services.restocker.handlers import add_stock_route
 from services.restocker.settings import RestockerSettings
 from shared import admin_auth, runtime
 
