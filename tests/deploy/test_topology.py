@@ -87,7 +87,7 @@ async def test_the_services_subscribe_to_what_the_topology_says_they_consume():
 
 
 def test_the_restocker_agent_reads_what_the_topology_says():
-    source = (ROOT / "services" / "restocker" / "app.py").read_text()
+    source = (ROOT / "services" / "restocker" / "main.py").read_text()
     tree = ast.parse(source)
     topics = {
         ast.unparse(node.args[0])

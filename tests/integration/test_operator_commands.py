@@ -305,7 +305,7 @@ async def test_notify_preview_renders_with_the_store_settings_the_notifier_knows
         assert bad.exit_code == 2 and "locale is ar or en" in bad.output
 
         # a store's own templates and instructions, as store.config gave them to the notifier
-        notifier.delivery.stores.apply(
+        notifier.delivery.channels.stores.apply(
             StoreConfig(
                 event_id="store-config-gulf",
                 store_id="gulf",
