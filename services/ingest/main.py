@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaProducer
 from services.ingest import admin, metrics, store_changes, zid
 from services.ingest.openapi import openapi
 from services.ingest.platforms import PlatformApis
-from services.ingest.receipts.views import ReceiptGateway
+from services.ingest.receipts.views import RECEIPTS, ReceiptGateway
+from services.ingest.receipts.views import ROUTES as RECEIPT_ROUTES
 from services.ingest.receipts.views import init_series as init_receipt_series
 from services.ingest.settings import IngestSettings
 from services.ingest.stores import StoreRegistry, seal_at_rest
@@ -69,7 +70,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
         )
         rt.app.router.add_post("/webhooks/{platform}/{store_id}", webhook)
         rt.app.router.add_get("/openapi.json", openapi)
-        receipts = ReceiptGateway(
+        rt.app[RECEIPTS] = receipts = ReceiptGateway(
             producer,
             settings,
             settings.gateway_public_url or f"http://{settings.admin_host}:{settings.admin_port}",
@@ -77,7 +78,7 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
             settings.max_body_bytes,
         )
         resources.push_async_callback(receipts.close)
-        rt.app.add_routes(receipts.routes())
+        rt.app.add_routes(RECEIPT_ROUTES)
         rt.app.add_routes(admin.routes)
         rt.add_check("database", lambda: ping(pool))
         rt.add_check("broker", lambda: bool(producer.client.cluster.brokers()))

@@ -94,75 +94,7 @@ class ReceiptGateway:
         except (UnicodeDecodeError, ValueError):
             raise InvalidReceipt("the body is not a form") from None
 
-    # ---- endpoints ---------------------------------------------------------------------------
-
-    async def whatsapp_verify(self, request: web.Request) -> web.Response:
-        """Meta's subscription check: GET with hub.mode, hub.verify_token, hub.challenge."""
-        try:
-            challenge = formats.whatsapp_challenge(
-                self.settings.whatsapp_verify_token.get_secret_value(), request.query
-            )
-        except IngestError as exc:
-            return _refused("whatsapp", exc)
-        RECEIVED.labels("whatsapp", Outcome.IGNORED).inc()
-        return web.Response(text=challenge)
-
-    async def whatsapp(self, request: web.Request) -> web.Response:
-        async def read() -> list[DeliveryReceipt]:
-            body = await self.body(request)
-            return formats.whatsapp(
-                self.settings.whatsapp_app_secret.get_secret_value(),
-                request.headers.get("X-Hub-Signature-256", ""),
-                body,
-            )
-
-        return await self._accept("whatsapp", read)
-
-    async def twilio(self, request: web.Request) -> web.Response:
-        async def read() -> list[DeliveryReceipt]:
-            form = await self.fields(request)
-            return formats.twilio(
-                self.settings.twilio_auth_token.get_secret_value(),
-                self.public_url + request.raw_path,
-                request.headers.get("X-Twilio-Signature", ""),
-                form,
-                reference_from_token(request.query.get("ref", "")),
-            )
-
-        return await self._accept("twilio", read)
-
-    async def unifonic(self, request: web.Request) -> web.Response:
-        async def read() -> list[DeliveryReceipt]:
-            token = self.settings.unifonic_receipt_token.get_secret_value()
-            offered = request.query.get("token", "")
-            if token and formats.same(offered, token):
-                return formats.unifonic(token, offered, await self.fields(request))
-            return formats.unifonic(token, offered, {})  # refuses before reading the body
-
-        return await self._accept("unifonic", read)
-
-    async def ses(self, request: web.Request) -> web.Response:
-        confirmed = False
-
-        async def read() -> list[DeliveryReceipt]:
-            nonlocal confirmed
-            message = sns.parse(await self.body(request))
-            sns.check_topic(message, self.settings.ses_topic_arns)
-            await self.certificates.verify(message)
-            if message.Type == "SubscriptionConfirmation":
-                await self._confirm(message.SubscribeURL or "")
-                confirmed = True
-                return []
-            if message.Type != "Notification":
-                return []
-            return sns.ses_receipts(message)
-
-        answer = await self._accept("ses", read)
-        if confirmed:
-            return web.json_response({"status": "confirmed"})
-        return answer
-
-    async def _confirm(self, url: str) -> None:
+    async def confirm(self, url: str) -> None:
         """Subscribe by GETting SubscribeURL, from SNS's own origin only."""
         if not self.certificates.allowed(url):
             raise InvalidSignature("SubscribeURL is not SNS's")
@@ -175,7 +107,7 @@ class ReceiptGateway:
             raise CertificateUnavailable("the subscription could not be confirmed; retry")
         log.info("confirmed the SNS subscription for SES events")
 
-    async def _accept(
+    async def accept(
         self, provider: str, read: Callable[[], Awaitable[list[DeliveryReceipt]]]
     ) -> web.Response:
         try:
@@ -187,14 +119,99 @@ class ReceiptGateway:
         RECEIVED.labels(provider, Outcome.ACCEPTED if receipts else Outcome.IGNORED).inc()
         return web.json_response({"status": Outcome.ACCEPTED, "receipts": len(receipts)})
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.get("/webhooks/whatsapp", self.whatsapp_verify),
-            web.post("/webhooks/whatsapp", self.whatsapp),
-            web.post("/webhooks/twilio", self.twilio),
-            web.post("/webhooks/unifonic", self.unifonic),
-            web.post("/webhooks/ses", self.ses),
-        ]
+
+RECEIPTS = web.AppKey("receipts", ReceiptGateway)
+
+
+# ---- endpoints: each reads the gateway from the app (set where the service is wired) ----------
+
+
+async def whatsapp_verify(request: web.Request) -> web.Response:
+    """Meta's subscription check: GET with hub.mode, hub.verify_token, hub.challenge."""
+    gateway = request.app[RECEIPTS]
+    try:
+        challenge = formats.whatsapp_challenge(
+            gateway.settings.whatsapp_verify_token.get_secret_value(), request.query
+        )
+    except IngestError as exc:
+        return _refused("whatsapp", exc)
+    RECEIVED.labels("whatsapp", Outcome.IGNORED).inc()
+    return web.Response(text=challenge)
+
+
+async def whatsapp(request: web.Request) -> web.Response:
+    gateway = request.app[RECEIPTS]
+
+    async def read() -> list[DeliveryReceipt]:
+        body = await gateway.body(request)
+        return formats.whatsapp(
+            gateway.settings.whatsapp_app_secret.get_secret_value(),
+            request.headers.get("X-Hub-Signature-256", ""),
+            body,
+        )
+
+    return await gateway.accept("whatsapp", read)
+
+
+async def twilio(request: web.Request) -> web.Response:
+    gateway = request.app[RECEIPTS]
+
+    async def read() -> list[DeliveryReceipt]:
+        form = await gateway.fields(request)
+        return formats.twilio(
+            gateway.settings.twilio_auth_token.get_secret_value(),
+            gateway.public_url + request.raw_path,
+            request.headers.get("X-Twilio-Signature", ""),
+            form,
+            reference_from_token(request.query.get("ref", "")),
+        )
+
+    return await gateway.accept("twilio", read)
+
+
+async def unifonic(request: web.Request) -> web.Response:
+    gateway = request.app[RECEIPTS]
+
+    async def read() -> list[DeliveryReceipt]:
+        token = gateway.settings.unifonic_receipt_token.get_secret_value()
+        offered = request.query.get("token", "")
+        if token and formats.same(offered, token):
+            return formats.unifonic(token, offered, await gateway.fields(request))
+        return formats.unifonic(token, offered, {})  # refuses before reading the body
+
+    return await gateway.accept("unifonic", read)
+
+
+async def ses(request: web.Request) -> web.Response:
+    gateway = request.app[RECEIPTS]
+    confirmed = False
+
+    async def read() -> list[DeliveryReceipt]:
+        nonlocal confirmed
+        message = sns.parse(await gateway.body(request))
+        sns.check_topic(message, gateway.settings.ses_topic_arns)
+        await gateway.certificates.verify(message)
+        if message.Type == "SubscriptionConfirmation":
+            await gateway.confirm(message.SubscribeURL or "")
+            confirmed = True
+            return []
+        if message.Type != "Notification":
+            return []
+        return sns.ses_receipts(message)
+
+    answer = await gateway.accept("ses", read)
+    if confirmed:
+        return web.json_response({"status": "confirmed"})
+    return answer
+
+
+ROUTES = [
+    web.get("/webhooks/whatsapp", whatsapp_verify),
+    web.post("/webhooks/whatsapp", whatsapp),
+    web.post("/webhooks/twilio", twilio),
+    web.post("/webhooks/unifonic", unifonic),
+    web.post("/webhooks/ses", ses),
+]
 
 
 def _refused(provider: str, exc: IngestError) -> web.Response:
