@@ -68,7 +68,9 @@ class Flow:
 class Follower:
     def __init__(self, bootstrap: str):
         self.flow = Flow()
-        self.consumer = kafka_clients.reader(client_settings(bootstrap), fetch_max_wait_ms=20)
+        # a long fetch wait: latencies come from the events and record timestamps, not from when
+        # this reads them, and its own polls would count in the idle broker's CPU
+        self.consumer = kafka_clients.reader(client_settings(bootstrap), fetch_max_wait_ms=200)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
