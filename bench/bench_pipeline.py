@@ -11,6 +11,8 @@ Steady and surge print the latency per hop (bench/hops.py) and the CPU per deliv
 each part, read from outside before and after the phase (bench/cpu.py); the bare relay's CPU
 per message is read the same way. Shorter runs: set the phases' seconds lower.
 TASLEEM_BENCH_PROFILE=allocator,notifier samples those services with py-spy during the surge.
+TASLEEM_BENCH_REPLICAS=allocator=2,notifier=2 runs that many processes of those stages, each in
+its stage's consumer group (StackOptions.replicas); CPU figures are per stage, summed.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ DRAIN_S = _env("DRAIN_S", 120)
 IDLE_S = _env("IDLE_S", 20)
 QUIET_S = _env("QUIET_S", 60)
 PROFILE = [s for s in os.environ.get("TASLEEM_BENCH_PROFILE", "").split(",") if s]
+REPLICAS = {
+    stage: int(count)
+    for stage, _, count in (
+        r.partition("=") for r in os.environ.get("TASLEEM_BENCH_REPLICAS", "").split(",") if r
+    )
+}
 BARE_CODES = 100_000
 PROFILE_S = int(min(SECONDS, 30))
 PROFILE_RATE = profiling.RATE
@@ -137,6 +145,16 @@ def stack_parts(stack: Stack) -> cpu.Parts:
     return cpu.Parts(lambda: {n: (p.pid, True) for n, p in stack.all_processes().items()})
 
 
+def by_stage(used: dict[str, float]) -> dict[str, float]:
+    """Replicas ("notifier-2") summed into their stage ("notifier")."""
+    summed: dict[str, float] = {}
+    for name, value in used.items():
+        stage, _, number = name.rpartition("-")
+        key = stage if number.isdigit() and stage else name
+        summed[key] = summed.get(key, 0.0) + value
+    return summed
+
+
 async def drained(flow: Flow, limit_s: float) -> float:
     """Wait until every received order has a message sent (or `limit_s`); the seconds waited."""
     started = time.monotonic()
@@ -194,7 +212,11 @@ async def run(console: Console) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="tasleem-bench-") as tmp:
         home = Path(tmp)
         options = StackOptions(
-            home=home, demo_stock_per_sku=units, database_url=None, kafka_bootstrap=None
+            home=home,
+            demo_stock_per_sku=units,
+            database_url=None,
+            kafka_bootstrap=None,
+            replicas=REPLICAS,
         )
         stack = Stack(options)
         console.print(f"starting the stack with {units:,} codes per sku …")
@@ -217,7 +239,7 @@ async def run(console: Console) -> BenchResult:
                 before = parts.read()
                 await asyncio.sleep(IDLE_S)
                 after = parts.read()
-                idle = cpu.core_percent(after.minus(before), after.at - before.at)
+                idle = by_stage(cpu.core_percent(after.minus(before), after.at - before.at))
                 await asyncio.sleep(max(QUIET_S - (time.monotonic() - quiet_since), 0))
                 console.print(f"one order after {QUIET_S:g} s quiet")
                 quiet = await surge(home, "quiet", 1, 1)
@@ -231,7 +253,7 @@ async def run(console: Console) -> BenchResult:
                     phases[name] = (done.start, done.end)
                     waited = await drained(flow, drain_s)
                     phases[f"{name} drain"] = (done.end, done.end + waited)
-                    used = parts.read().minus(before)
+                    used = by_stage(parts.read().minus(before))
                     used["load"] = done.cpu_s
                     costs[name] = PhaseCost(used, flow.total("sent") - sent_before)
                     return done
@@ -372,6 +394,8 @@ async def run(console: Console) -> BenchResult:
         if name == "postgres":
             note = "postmaster + backends; shared buffers counted in each"
         result.add(f"peak RSS: {name}", mib, "MiB", "<= 150" if service else "", note)
+    for stage, count in REPLICAS.items():
+        result.add(f"processes: {stage}", count, "", note="one consumer group")
     if died:
         result.add("services that died", len(died), "", "<= 0", ", ".join(died))
 
@@ -392,6 +416,7 @@ async def run(console: Console) -> BenchResult:
             seconds=SECONDS,
             low_rate=LOW_RATE,
             low_seconds=LOW_SECONDS,
+            replicas=REPLICAS,
             idle_s=IDLE_S,
             quiet_s=QUIET_S,
         ),
