@@ -2,10 +2,17 @@
 of signed webhooks, next to the bare ceilings measured in the same run on the same broker and
 database (a 3-hop aiokafka relay, a batched SKIP LOCKED claim), and each service's peak RSS.
 
-Profiles, each from a separate load process (bench/load.py):
+Phases, in this order, each load from a separate load process (bench/load.py):
+- "idle": no orders for TASLEEM_BENCH_IDLE_S (20 s): each part's CPU as % of one core;
+- "quiet": one order once nothing was sent for TASLEEM_BENCH_QUIET_S (60 s): its latency;
 - "steady": TASLEEM_BENCH_LOW_RATE (100) orders/s for TASLEEM_BENCH_LOW_SECONDS (30 s);
 - "surge": TASLEEM_BENCH_RATE (1000) orders/s for TASLEEM_BENCH_SECONDS (60 s).
+Steady and surge print the latency per hop (bench/hops.py) and the CPU per delivered order of
+each part, read from outside before and after the phase (bench/cpu.py); the bare relay's CPU
+per message is read the same way. Shorter runs: set the phases' seconds lower.
 TASLEEM_BENCH_PROFILE=allocator,notifier samples those services with py-spy during the surge.
+TASLEEM_BENCH_REPLICAS=allocator=2,notifier=2 runs that many processes of those stages, each in
+its stage's consumer group (StackOptions.replicas); CPU figures are per stage, summed.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ import contextlib
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import psutil
 from rich.console import Console
 
-from bench import load, profiling, relay
-from bench.bench_allocator import SKUS, bare_claims
+from bench import cpu, hops, load, profiling, relay
+from bench.bench_allocator import ACCOUNT, SKUS, bare_claims
 from bench.common import BenchResult, percentile, process_family
 from bench.follow import Flow, Follower
 from bench.plot import draw
@@ -43,10 +51,30 @@ SECONDS = _env("SECONDS", 60)
 LOW_RATE = _env("LOW_RATE", 100)
 LOW_SECONDS = _env("LOW_SECONDS", 30)
 DRAIN_S = _env("DRAIN_S", 120)
+IDLE_S = _env("IDLE_S", 20)
+QUIET_S = _env("QUIET_S", 60)
 PROFILE = [s for s in os.environ.get("TASLEEM_BENCH_PROFILE", "").split(",") if s]
+REPLICAS = {
+    stage: int(count)
+    for stage, _, count in (
+        r.partition("=") for r in os.environ.get("TASLEEM_BENCH_REPLICAS", "").split(",") if r
+    )
+}
 BARE_CODES = 100_000
 PROFILE_S = int(min(SECONDS, 30))
 PROFILE_RATE = profiling.RATE
+SERVICES = ("ingest", "allocator", "notifier", "restocker")
+SYSTEM = (*SERVICES, "postgres", "broker")
+# the issue's budget per delivered order at 400/s (ms), as targets of the surge's figures
+CPU_TARGETS = {
+    "ingest": 0.25,
+    "allocator": 0.10,
+    "notifier": 0.25,
+    "postgres": 0.20,
+    "broker": 0.20,
+    "system total": 1.0,
+    "sandbox + load": 0.8,
+}
 
 
 class RssPeaks:
@@ -77,20 +105,60 @@ class RssPeaks:
                 await self._task
 
 
-async def surge(home: Path, name: str, rate: float, seconds: float) -> tuple[float, float, int]:
-    """One load profile from its own process: (start, end) wall times and orders acknowledged."""
+@dataclass
+class Load:
+    start: float  # wall times of the load process's run
+    end: float
+    acknowledged: int
+    cpu_s: float  # the load process's CPU seconds
+
+
+async def surge(home: Path, name: str, rate: float, seconds: float) -> Load:
+    """One load profile from its own process."""
     out = home / f"load-{name}.json"
     started = time.time()
-    process = await load.start(home, int(rate * seconds), rate, out, tag=name.upper())
+    process = await load.start(home, max(int(rate * seconds), 1), rate, out, tag=name.upper())
+    tracked = cpu.Tracked(process.pid)
     if await process.wait() != 0:
         raise RuntimeError(f"the load process failed ({process.returncode})")
     orders = load.read(out)
-    return started, time.time(), sum(1 for o in orders if o.acknowledged)
+    return Load(
+        started, time.time(), sum(1 for o in orders if o.acknowledged), await tracked.stop()
+    )
+
+
+@dataclass
+class PhaseCost:
+    """What a loaded phase cost, from the readings before its load and after its drain."""
+
+    used: dict[str, float]  # CPU seconds per part (the load process included)
+    delivered: int  # messages sent between the two readings
+
+    def per_order_ms(self) -> dict[str, float]:
+        grouped = dict(self.used)
+        grouped["system total"] = sum(self.used.get(n, 0.0) for n in SYSTEM)
+        grouped["sandbox + load"] = self.used.get("sandbox", 0.0) + self.used.get("load", 0.0)
+        return cpu.per_order_ms(grouped, self.delivered)
+
+
+def stack_parts(stack: Stack) -> cpu.Parts:
+    return cpu.Parts(lambda: {n: (p.pid, True) for n, p in stack.all_processes().items()})
+
+
+def by_stage(used: dict[str, float]) -> dict[str, float]:
+    """Replicas ("notifier-2") summed into their stage ("notifier")."""
+    summed: dict[str, float] = {}
+    for name, value in used.items():
+        stage, _, number = name.rpartition("-")
+        key = stage if number.isdigit() and stage else name
+        summed[key] = summed.get(key, 0.0) + value
+    return summed
 
 
 async def drained(flow: Flow, limit_s: float) -> float:
     """Wait until every received order has a message sent (or `limit_s`); the seconds waited."""
     started = time.monotonic()
+    await asyncio.sleep(0.5)  # the follower has read the last order.paid by then
     while time.monotonic() - started < limit_s:
         if flow.total("sent") >= flow.total("received"):
             break
@@ -119,11 +187,13 @@ async def bare_skip_locked(dsn: str) -> float:
     try:
         await conn.execute("DROP SCHEMA IF EXISTS bench_bare CASCADE")
         await migrate(conn, "bench_bare", SQL)
-        rows = ((SKUS[i % len(SKUS)], os.urandom(32), "k1:sealed") for i in range(BARE_CODES))
+        rows = (
+            (ACCOUNT, SKUS[i % len(SKUS)], os.urandom(32), "k1:sealed") for i in range(BARE_CODES)
+        )
         await conn.copy_records_to_table(
             "codes",
             records=rows,
-            columns=["sku", "fingerprint", "sealed"],
+            columns=["account", "sku", "fingerprint", "sealed"],
             schema_name="bench_bare",
         )
         await conn.execute("ANALYZE bench_bare.codes")
@@ -142,7 +212,11 @@ async def run(console: Console) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="tasleem-bench-") as tmp:
         home = Path(tmp)
         options = StackOptions(
-            home=home, demo_stock_per_sku=units, database_url=None, kafka_bootstrap=None
+            home=home,
+            demo_stock_per_sku=units,
+            database_url=None,
+            kafka_bootstrap=None,
+            replicas=REPLICAS,
         )
         stack = Stack(options)
         console.print(f"starting the stack with {units:,} codes per sku …")
@@ -153,28 +227,59 @@ async def run(console: Console) -> BenchResult:
             rss = RssPeaks(stack)
             rss.start()
             flow = follower.flow
+            parts = stack_parts(stack)
             phases: dict[str, tuple[float, float]] = {}
+            costs: dict[str, PhaseCost] = {}
             try:
                 console.print("warm-up: 5 s")
                 await surge(home, "warmup", LOW_RATE, 5)
                 await drained(flow, 30)
+                quiet_since = time.monotonic()
+                console.print(f"idle: {IDLE_S:g} s with no orders")
+                before = parts.read()
+                await asyncio.sleep(IDLE_S)
+                after = parts.read()
+                idle = by_stage(cpu.core_percent(after.minus(before), after.at - before.at))
+                await asyncio.sleep(max(QUIET_S - (time.monotonic() - quiet_since), 0))
+                console.print(f"one order after {QUIET_S:g} s quiet")
+                quiet = await surge(home, "quiet", 1, 1)
+                await drained(flow, 30)
+                phases["quiet"] = (quiet.start, quiet.end)
+
+                async def loaded(name: str, rate: float, seconds: float, drain_s: float) -> Load:
+                    before = parts.read()
+                    sent_before = flow.total("sent")
+                    done = await surge(home, name, rate, seconds)
+                    phases[name] = (done.start, done.end)
+                    waited = await drained(flow, drain_s)
+                    phases[f"{name} drain"] = (done.end, done.end + waited)
+                    used = by_stage(parts.read().minus(before))
+                    used["load"] = done.cpu_s
+                    costs[name] = PhaseCost(used, flow.total("sent") - sent_before)
+                    return done
+
                 console.print(f"steady: {LOW_RATE:g} orders/s for {LOW_SECONDS:g} s")
-                start, end, acked_low = await surge(home, "steady", LOW_RATE, LOW_SECONDS)
-                phases["steady"] = (start, end)
-                await drained(flow, 60)
+                acked_low = (await loaded("steady", LOW_RATE, LOW_SECONDS, 60)).acknowledged
                 console.print(f"surge: {RATE:g} orders/s for {SECONDS:g} s")
                 profilers = await _start_profiles(stack, stamp)
-                start, end, acked_high = await surge(home, "surge", RATE, SECONDS)
-                phases["surge"] = (start, end)
-                drain_s = await drained(flow, DRAIN_S)
+                acked_high = (await loaded("surge", RATE, SECONDS, DRAIN_S)).acknowledged
+                drain_s = phases["surge drain"][1] - phases["surge drain"][0]
                 undelivered = flow.total("received") - flow.total("sent")
-                phases["drain"] = (end, end + drain_s)
+                phases["drain"] = phases.pop("surge drain")
+                phases.pop("steady drain")
                 profiles = await _finish_profiles(profilers, console)
             finally:
                 await rss.stop()
                 await follower.stop()
+            called = await hops.provider_called(info["database"])
             console.print("bare 3-hop relay …")
+            relay_parts = cpu.Parts(
+                lambda: {"broker": (stack.all_processes()["broker"].pid, False)},
+                {"relay (this process)": cpu.own_cpu_seconds},
+            )
+            before = relay_parts.read()
             relay_low = await relay.measure(info["kafka"], LOW_RATE, min(LOW_SECONDS, 20))
+            relay_cost = cpu.per_order_ms(relay_parts.read().minus(before), len(relay_low))
             relay_high = await relay.measure(info["kafka"], RATE, min(SECONDS, 10))
             console.print("bare SKIP LOCKED …")
             bare = await bare_skip_locked(info["database"])
@@ -234,6 +339,47 @@ async def run(console: Console) -> BenchResult:
     result.add(
         "pipeline p50 / relay p50", steady_p50 / relay_p50, "ratio", "<= 3", f"at {LOW_RATE:g}/s"
     )
+    steady_p99 = percentile(steady, 0.99)
+    first = phase_latencies(flow, *phases["quiet"])
+    result.add(
+        f"first order after {QUIET_S:g} s quiet: paid→sent",
+        max(first, default=float("nan")),
+        "ms",
+        f"<= {steady_p99:.0f}",
+        "target: the steady p99 of this run",
+    )
+    for phase in ("steady", "surge"):
+        for hop, (p50, p99, n) in hops.summary(
+            hops.per_hop(flow.moments, called, *phases[phase])
+        ).items():
+            result.add(f"{phase} hop p50: {hop}", p50, "ms", note=f"p99 {p99:.1f} ms, n={n}")
+    if not called:
+        result.add(
+            "provider called", float("nan"), "", note="the notifier's journal was not readable"
+        )
+    for phase, rate in (("steady", LOW_RATE), ("surge", RATE)):
+        cost = costs[phase]
+        for part, ms in cost.per_order_ms().items():
+            target = f"<= {CPU_TARGETS[part]:g}" if phase == "surge" and part in CPU_TARGETS else ""
+            result.add(
+                f"{phase} {rate:g}/s CPU/order: {part}", ms, "ms", target, f"{cost.delivered} sent"
+            )
+    for part, share in sorted(idle.items()):
+        result.add(f"idle CPU: {part}", share, "% core", note=f"over {IDLE_S:g} s, no orders")
+    result.add(
+        "idle CPU: system total",
+        sum(idle.get(n, 0.0) for n in SYSTEM),
+        "% core",
+        "<= 3",
+        "services, PostgreSQL, broker",
+    )
+    for part, ms in relay_cost.items():
+        result.add(
+            f"bare relay at {LOW_RATE:g}/s CPU/message: {part}",
+            ms,
+            "ms",
+            note=f"{len(relay_low)} msgs, 3 hops",
+        )
     result.add("bare SKIP LOCKED claim", bare, "codes/s", note="same database, 500 per tx")
     result.add(
         "pipeline codes / bare claims",
@@ -248,6 +394,8 @@ async def run(console: Console) -> BenchResult:
         if name == "postgres":
             note = "postmaster + backends; shared buffers counted in each"
         result.add(f"peak RSS: {name}", mib, "MiB", "<= 150" if service else "", note)
+    for stage, count in REPLICAS.items():
+        result.add(f"processes: {stage}", count, "", note="one consumer group")
     if died:
         result.add("services that died", len(died), "", "<= 0", ", ".join(died))
 
@@ -257,10 +405,21 @@ async def run(console: Console) -> BenchResult:
     result.details.update(
         plot=str(plot),
         acknowledged={"steady": acked_low, "surge": acked_high},
+        cpu_seconds={phase: cost.used for phase, cost in costs.items()},
+        delivered={phase: cost.delivered for phase, cost in costs.items()},
+        idle_core_percent=idle,
         phases={k: [v[0] - flow.started, v[1] - flow.started] for k, v in phases.items()},
         per_second={k: dict(sorted(v.items())) for k, v in flow.per_second.items()},
         profiles=profiles,
-        settings=dict(rate=RATE, seconds=SECONDS, low_rate=LOW_RATE, low_seconds=LOW_SECONDS),
+        settings=dict(
+            rate=RATE,
+            seconds=SECONDS,
+            low_rate=LOW_RATE,
+            low_seconds=LOW_SECONDS,
+            replicas=REPLICAS,
+            idle_s=IDLE_S,
+            quiet_s=QUIET_S,
+        ),
     )
     return result
 

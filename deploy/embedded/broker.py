@@ -10,8 +10,9 @@ from pathlib import Path
 from deploy.embedded.processes import ManagedProcess
 from shared.settings import KafkaSettings
 
-# What the embedded broker lacks, in settings every client and service honours.
-EMBEDDED_ENV = {"TASLEEM_KAFKA_IDEMPOTENCE": "false"}
+# What the embedded broker lacks, in settings every client and service honours: the idempotent
+# producer, and waking a waiting fetch (so consumers pace their fetches, ADR 0003).
+EMBEDDED_ENV = {"TASLEEM_KAFKA_IDEMPOTENCE": "false", "TASLEEM_KAFKA_IDLE_FETCH_WAIT_MS": "100"}
 
 
 def client_settings(bootstrap: str) -> KafkaSettings:

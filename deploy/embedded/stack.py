@@ -46,6 +46,7 @@ from shared.kafka import ensure_topics, topic_specs
 log = logging.getLogger(__name__)
 
 SERVICES = ("ingest", "allocator", "notifier", "restocker")
+REPLICABLE = ("allocator", "notifier")  # stages that consume in a group (StackOptions.replicas)
 DATABASE = "tasleem"
 SES_CONFIGURATION_SET = "tasleem-receipts"
 SES_TOPIC_ARN = "arn:aws:sns:me-south-1:000000000000:tasleem-ses-events"
@@ -77,6 +78,8 @@ class StackOptions:
     order_quantity: int = 500
     # extra TASLEEM_* settings for the restocker (policy, faults tests want), added last
     restocker_env: dict[str, str] = field(default_factory=dict)
+    # processes per consumer stage, in one consumer group: {"notifier": 2} adds "notifier-2"
+    replicas: dict[str, int] = field(default_factory=dict)
     database_url: str | None = field(default_factory=lambda: os.environ.get("TASLEEM_DATABASE_URL"))
     kafka_bootstrap: str | None = field(
         default_factory=lambda: os.environ.get("TASLEEM_KAFKA_BOOTSTRAP")
@@ -139,7 +142,8 @@ class Stack:
                 },
             )
             self.processes[name].start()
-        await self._wait_ready(["sandbox", *SERVICES])
+        replicas = self._start_replicas(common, env)
+        await self._wait_ready(["sandbox", *SERVICES, *replicas])
         await self._seed(stores)
         self.info = {
             "ingest": f"http://127.0.0.1:{self.ports['ingest']}",
@@ -157,6 +161,33 @@ class Stack:
         }
         (self.home / "stack.json").write_text(json.dumps(self.info, indent=2))
         return self.info
+
+    def _start_replicas(self, common: dict[str, str], env: dict[str, dict[str, str]]) -> list[str]:
+        """More members of a stage's consumer group (each with its own admin port); partitions
+        bound how many can work, so at most `partitions` per stage."""
+        started = []
+        for name, count in self.options.replicas.items():
+            if name not in REPLICABLE:
+                raise StackError(
+                    f"{name} is not a consumer stage: replicas of {sorted(REPLICABLE)}"
+                )
+            for n in range(2, min(count, self.options.partitions) + 1):
+                replica = f"{name}-{n}"
+                self.ports[replica] = free_port()
+                self.processes[replica] = ManagedProcess(
+                    replica,
+                    [sys.executable, "-m", f"services.{name}.main"],
+                    log_path=self.logs / f"{replica}.log",
+                    env={
+                        **common,
+                        **self._database_env(name),
+                        **env[name],
+                        "TASLEEM_ADMIN_PORT": str(self.ports[replica]),
+                    },
+                )
+                self.processes[replica].start()
+                started.append(replica)
+        return started
 
     def all_processes(self) -> dict[str, ManagedProcess]:
         found = dict(self.processes)
@@ -610,12 +641,11 @@ class Stack:
     def stop(self) -> None:
         """Services first (they drain), then the sandbox, broker and database."""
         self._supervising = False
-        for name in reversed(SERVICES):
-            if name in self.processes:
-                self.processes[name].signal(15)
-        for name in reversed(SERVICES):
-            if name in self.processes:
-                self.processes[name].stop()
+        services = [n for n in reversed(self.processes) if n != "sandbox"]  # replicas too
+        for name in services:
+            self.processes[name].signal(15)
+        for name in services:
+            self.processes[name].stop()
         if "sandbox" in self.processes:
             self.processes["sandbox"].stop()
         if self.broker:

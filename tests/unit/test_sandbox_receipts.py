@@ -102,6 +102,47 @@ async def test_statuses_wait_for_meta_s_verification_and_are_retried_until_answe
             ).status == 400
 
 
+async def test_statuses_of_messages_sent_together_come_in_one_webhook():
+    subscriber = Subscriber()
+    subscriber.ready = True
+    hooks = web.Application()
+    hooks.router.add_get("/webhooks/whatsapp", subscriber.verify)
+    hooks.router.add_post("/webhooks/whatsapp", subscriber.status)
+    async with TestServer(hooks) as hook_server:
+        config = SandboxConfig(
+            gateway="http://127.0.0.1:1",
+            stores=[],
+            whatsapp={
+                "token": "t",
+                "phone_number_id": "1",
+                "verify_token": "vt",
+                "status_webhook_url": str(hook_server.make_url("/webhooks/whatsapp")),
+            },
+        )
+        app = init_app(config)
+        async with TestClient(TestServer(app)) as sandbox:
+            auth = {"Authorization": "Bearer t"}
+            await until(lambda: app[SUBSCRIPTIONS].whatsapp_verified)
+            opaque = [f"{n:032x}.standard:s:{n}" for n in range(3)]
+            answers = await asyncio.gather(
+                *(
+                    sandbox.post(
+                        "/v21.0/1/messages",
+                        json={**SEND, "biz_opaque_callback_data": o},
+                        headers=auth,
+                    )
+                    for o in opaque
+                )
+            )
+            assert [a.status for a in answers] == [200, 200, 200]
+            await until(lambda: bool(subscriber.statuses))
+            await asyncio.sleep(0.3)  # no second webhook follows
+            (webhook,) = subscriber.statuses
+            statuses = webhook["entry"][0]["changes"][0]["value"]["statuses"]
+            assert sorted(s["biz_opaque_callback_data"] for s in statuses) == opaque
+            assert app[RECEIPTS].sent == 1
+
+
 def test_twilio_retries_as_the_callback_url_s_overrides_say():
     assert twilio_retry("").attempts == 1 and not twilio_retry("").on_http_error
     assert twilio_retry("rc=5&rp=all").attempts == 5 and twilio_retry("rc=5&rp=all").on_http_error
