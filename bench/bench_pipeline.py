@@ -34,7 +34,7 @@ from bench.bench_allocator import ACCOUNT, SKUS, bare_claims
 from bench.common import BenchResult, percentile, process_family
 from bench.follow import Flow, Follower
 from bench.plot import draw
-from deploy.embedded.stack import Stack, StackOptions
+from deploy.embedded.stack import Stack, StackOptions, parse_replicas
 from services.allocator.main import SQL
 from shared.db import migrate
 
@@ -54,12 +54,7 @@ DRAIN_S = _env("DRAIN_S", 120)
 IDLE_S = _env("IDLE_S", 20)
 QUIET_S = _env("QUIET_S", 60)
 PROFILE = [s for s in os.environ.get("TASLEEM_BENCH_PROFILE", "").split(",") if s]
-REPLICAS = {
-    stage: int(count)
-    for stage, _, count in (
-        r.partition("=") for r in os.environ.get("TASLEEM_BENCH_REPLICAS", "").split(",") if r
-    )
-}
+REPLICAS = parse_replicas(os.environ.get("TASLEEM_BENCH_REPLICAS", ""))
 BARE_CODES = 100_000
 PROFILE_S = int(min(SECONDS, 30))
 PROFILE_RATE = profiling.RATE

@@ -21,12 +21,23 @@ def up(
     demo_orders: Annotated[int, typer.Option(help="Send a surge of N orders once up.")] = 0,
     demo_rate: Annotated[float, typer.Option(help="Orders per second for the surge.")] = 200,
     partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    replicas: Annotated[
+        str,
+        typer.Option(
+            help="Processes per consumer stage in one group, e.g. notifier=2,allocator=2 "
+            "(at most one per partition)."
+        ),
+    ] = "",
 ) -> None:
     """Start the whole system on this machine and keep it up until Ctrl-C."""
-    from deploy.embedded.stack import Stack, StackError, StackOptions
+    from deploy.embedded.stack import Stack, StackError, StackOptions, parse_replicas
 
+    try:
+        per_stage = parse_replicas(replicas)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--replicas") from None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    stack = Stack(StackOptions(home=home, partitions=partitions))
+    stack = Stack(StackOptions(home=home, partitions=partitions, replicas=per_stage))
 
     async def main() -> int:
         stopping = asyncio.Event()
@@ -42,6 +53,8 @@ def up(
         console.print(f"[green]stack is up[/green]: {home / 'stack.json'}")
         for name in ("ingest", "sandbox", "allocator", "notifier", "restocker", "kafka"):
             console.print(f"  {name:<10} {info[name]}")
+        for stage, count in per_stage.items():
+            console.print(f"  {stage} × {min(count, partitions)} processes in one consumer group")
         supervisor = asyncio.create_task(stack.supervise())
         if demo_orders:
             from deploy import demo

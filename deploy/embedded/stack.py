@@ -47,6 +47,22 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("ingest", "allocator", "notifier", "restocker")
 REPLICABLE = ("allocator", "notifier")  # stages that consume in a group (StackOptions.replicas)
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """`notifier=2,allocator=2` -> {"notifier": 2, "allocator": 2}, or ValueError naming what
+    is wrong (`tasleem up --replicas`, `TASLEEM_BENCH_REPLICAS`)."""
+    wanted: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, count = part.partition("=")
+        if name not in REPLICABLE:
+            raise ValueError(f"{name!r} cannot have replicas; only {' and '.join(REPLICABLE)}")
+        if not count.isdigit() or not 1 <= int(count) <= 12:
+            raise ValueError(f"{name}={count!r}: the count is a whole number from 1 to 12")
+        wanted[name] = int(count)
+    return wanted
+
+
 DATABASE = "tasleem"
 SES_CONFIGURATION_SET = "tasleem-receipts"
 SES_TOPIC_ARN = "arn:aws:sns:me-south-1:000000000000:tasleem-ses-events"
