@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,13 +34,17 @@ os.environ.update(EMBEDDED_ENV)
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server() -> Iterator[str]:
     """A PostgreSQL server DSN (to its `postgres` database)."""
     external = os.environ.get("TASLEEM_DATABASE_URL")
     if external:
         yield external
         return
-    home = tmp_path_factory.mktemp("pg")
+    # Not under pytest's own temporary root: as root, the server runs as an unprivileged user
+    # that must traverse to its data, and every pytest session that starts on this machine
+    # (a second `make test`, another clone's) closes `/tmp/pytest-of-root` to its owner
+    # again, which cut a running server off its own files (PANIC on pg_control).
+    home = Path(tempfile.mkdtemp(prefix="tasleem-test-pg-"))
     server = EmbeddedPostgres(home / "data", free_port(), home / "postgres.log")
     server.start()
     try:
@@ -46,6 +52,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.dsn
     finally:
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _wait_for_pg(dsn: str, server: EmbeddedPostgres) -> None:
