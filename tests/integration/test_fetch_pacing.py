@@ -8,9 +8,8 @@ import functools
 import uuid
 from typing import Any
 
-from aiokafka.protocol.fetch import FetchRequest
-
 import pytest
+from aiokafka.protocol.fetch import FetchRequest
 
 from deploy.embedded.broker import client_settings
 from shared import kafka_clients
