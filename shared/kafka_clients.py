@@ -10,8 +10,11 @@ aiokafka or faust client.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -72,18 +75,41 @@ def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
 
 
 class PacedConsumer(AIOKafkaConsumer):
-    """A consumer whose fetch wait follows the traffic, for a broker that does not wake a
-    waiting fetch (ADR 0003): the short wait while records come, `idle_wait_ms` once none came
-    for `IDLE_AFTER_S`, so an idle consumer fetches a few times a second instead of a hundred.
-    The first record after a quiet spell waits for at most the fetch in flight."""
+    """A consumer whose fetches follow the traffic, for a broker that does not wake a waiting
+    fetch (ADR 0003): the short wait while records come; once none came for `IDLE_AFTER_S`,
+    fetches that do not wait at all, each empty one followed by a pause of `idle_wait_ms` in
+    the client. The broker pays for every millisecond a fetch waits, the client's pause costs
+    it nothing, so an idle consumer is cheap on both sides. The first record after a quiet
+    spell waits for at most the pause in progress; it brings the short wait back."""
 
     IDLE_AFTER_S = 1.0
 
     def __init__(self, *topics: str, idle_wait_ms: int, **options: Any):
         super().__init__(*topics, **options)
-        self.busy_wait_ms: int = options["fetch_max_wait_ms"]
-        self.idle_wait_ms = max(idle_wait_ms, self.busy_wait_ms)
+        self.busy_wait_ms: int = options.get("fetch_max_wait_ms", 500)  # aiokafka's default
+        self.idle_wait_ms = max(idle_wait_ms, self.busy_wait_ms) if idle_wait_ms else 0
+        self.idle = False
         self._last_records = time.monotonic()
+
+    @property
+    def paced(self) -> bool:
+        return self.idle_wait_ms > 0
+
+    async def start(self) -> None:
+        await super().start()
+        if self.paced:
+            # the fetcher's loop looks this method up for every fetch it sends
+            fetch = self._fetcher._proc_fetch_request
+            self._fetcher._proc_fetch_request = functools.partial(self._fetch_then_pause, fetch)
+
+    async def _fetch_then_pause(self, fetch: Callable[..., Awaitable[bool]], *args: Any) -> bool:
+        got_records = await fetch(*args)
+        if self.idle and not got_records:
+            try:
+                await asyncio.sleep(self.idle_wait_ms / 1000)  # no fetch to this broker meanwhile
+            except asyncio.CancelledError:
+                return False  # stop or a new assignment: as aiokafka's own fetch does
+        return got_records
 
     async def getmany(
         self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
@@ -91,13 +117,13 @@ class PacedConsumer(AIOKafkaConsumer):
         batch: dict[Any, list[Any]] = await super().getmany(
             *partitions, timeout_ms=timeout_ms, max_records=max_records
         )
-        if self.idle_wait_ms > self.busy_wait_ms:
+        if self.paced:
             now = time.monotonic()
             if batch:
                 self._last_records = now
-            idle = now - self._last_records > self.IDLE_AFTER_S
+            self.idle = now - self._last_records > self.IDLE_AFTER_S
             # the fetcher builds each fetch request from this attribute: the next one uses it
-            self._fetcher._fetch_max_wait_ms = self.idle_wait_ms if idle else self.busy_wait_ms
+            self._fetcher._fetch_max_wait_ms = 1 if self.idle else self.busy_wait_ms
         return batch
 
 
@@ -123,9 +149,14 @@ def group_consumer(
 
 def reader(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer without a group, from the earliest offset: for readers that need every
-    partition (the notifier's `store.config`) and for tools that look at a topic."""
+    partition (the notifier's `store.config`) and for tools that look at a topic. Paced when
+    idle like a group consumer."""
     defaults = {"group_id": None, "enable_auto_commit": False, "auto_offset_reset": "earliest"}
-    return AIOKafkaConsumer(*topics, **_options(settings, defaults, overrides))
+    return PacedConsumer(
+        *topics,
+        idle_wait_ms=settings.kafka_idle_fetch_wait_ms,
+        **_options(settings, defaults, overrides),
+    )
 
 
 def admin(settings: KafkaSettings) -> AIOKafkaAdminClient:

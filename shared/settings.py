@@ -23,9 +23,10 @@ class KafkaSettings(BaseSettings):
     # fetch wait is pure latency; 10 ms costs little CPU and keeps a hop under ~10 ms.
     kafka_fetch_max_wait_ms: int = 10
     # ...but 10 ms polls cost a quarter of a core when nothing happens (ADR 0003). After a
-    # second without records a consumer fetches with this wait instead, and with the short
-    # one again as soon as records come. 0: always the short one, for a broker that answers
-    # a waiting fetch when data arrives (Apache Kafka long-polls, so it needs no pacing).
+    # second without records a consumer sends fetches that do not wait and pauses this long
+    # after each empty one, and fetches with the short wait again as soon as records come.
+    # 0: always the short wait, for a broker that answers a waiting fetch when data arrives
+    # (Apache Kafka long-polls, so it needs no pacing).
     kafka_idle_fetch_wait_ms: int = 0
     kafka_max_batch: int = 500
     # How to reach a secured cluster (Strimzi's SCRAM-over-TLS listener); plain by default,
