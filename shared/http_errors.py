@@ -42,8 +42,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Failure as exc:
         # a failure of ours no handler answered: its own status, code and reason
         if exc.status >= 500:
+            # where it came from matters for a 5xx: the traceback goes to the log (our
+            # failures' details name no secret), the caller gets the code and reason
             log.warning(
-                "%s on %s %s: %s", exc.code, request.method, request.rel_url.path[:200], exc.detail
+                "%s on %s %s: %s",
+                exc.code,
+                request.method,
+                request.rel_url.path[:200],
+                exc.detail,
+                exc_info=True,
             )
         retry = {"Retry-After": "5"} if exc.retriable else None
         return json_error(exc.status, exc.code, exc.detail, retry)

@@ -54,6 +54,11 @@ class RetriableError(Unavailable):
     code = "retriable"
 
 
+class _Interrupted(Exception):
+    """The loop was stopped while a batch waited out a retriable failure: the batch is left
+    uncommitted for the next owner, never isolated into dead letters."""
+
+
 def dead_letter_reason(exc: BaseException) -> str:
     """`code: detail` for our own failures; the exception's type and text for anything else."""
     if isinstance(exc, Failure):
@@ -228,7 +233,11 @@ class ConsumerLoop:
                     if reader in done:
                         reader.result()  # raises what killed the reader
                     break
-                await self._handle(next_batch.result())
+                try:
+                    await self._handle(next_batch.result())
+                except _Interrupted:
+                    log.info("stopped while a batch was retrying: it stays uncommitted")
+                    break
         finally:
             self.ready = False
             stopped.cancel()
@@ -304,6 +313,8 @@ class ConsumerLoop:
         started = time.perf_counter()
         try:
             await self._with_retries(topic, [event for _, event in parsed])
+        except _Interrupted:
+            raise
         except Exception as exc:
             log.warning(
                 "batch of %d on %s failed permanently (%s): isolating the bad messages",
@@ -314,6 +325,8 @@ class ConsumerLoop:
             for record, event in parsed:
                 try:
                     await self._with_retries(topic, [event])
+                except _Interrupted:
+                    raise
                 except Exception as single_exc:
                     await self._dead_letter(record, dead_letter_reason(single_exc))
                     continue
@@ -330,8 +343,10 @@ class ConsumerLoop:
                 await self.handlers[topic](events)
                 return
             except Exception as exc:
-                if not self._is_retriable(exc) or self._stopping.is_set():
+                if not self._is_retriable(exc):
                     raise
+                if self._stopping.is_set():
+                    raise _Interrupted() from exc
                 metrics.RETRIES.labels(self.service, topic).inc()
                 log.warning("retriable error on %s, retrying in %.2fs: %r", topic, backoff, exc)
                 await asyncio.sleep(backoff)

@@ -104,6 +104,9 @@ class PacedConsumer(AIOKafkaConsumer):
 
     async def _fetch_then_pause(self, fetch: Callable[..., Awaitable[bool]], *args: Any) -> bool:
         got_records = await fetch(*args)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return got_records  # a stop or new assignment is under way: no pause to wait out
         if self.idle and not got_records:
             try:
                 await asyncio.sleep(self.idle_wait_ms / 1000)  # no fetch to this broker meanwhile

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, ParamSpec, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import typer
@@ -86,15 +86,20 @@ def target(
     service: str, role: Role, url: str | None, token: str | None, home: Path = local.DEFAULT_HOME
 ) -> Target:
     url_env, token_env = env_names(service)
-    token = token or os.environ.get(token_env, "")
     url = url or os.environ.get(url_env, "")
-    if not url:
+    if url:
+        token = token or os.environ.get(token_env, "")
+    else:
+        # the local stack: its own token file, never a token from the environment (meant for
+        # the service the environment names), and only to this machine
         try:
             url = str(local.stack_info(home)[service])
         except local.NoStack as exc:
             raise Failed(f"{exc}; or name the {service} with --url or {url_env}") from None
-        except KeyError:
+        except (KeyError, ValueError):
             raise Failed(f"{home / 'stack.json'} names no {service}") from None
+        if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise Failed(f"{home / 'stack.json'} names {url} for the {service}, not this machine")
         token = token or local.admin_token(home, service, role)
     if not token:
         raise Failed(

@@ -78,6 +78,7 @@ class LevelReporter:
     async def run(self) -> None:
         next_refresh = time.monotonic()
         while not self._stopping.is_set():
+            reported_at = time.monotonic()
             stocks, self._touched = self._touched, set()
             try:
                 if time.monotonic() >= next_refresh:
@@ -90,7 +91,10 @@ class LevelReporter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._short.wait(), self.interval_s)
             if self._short.is_set() and not self._stopping.is_set():
-                await asyncio.sleep(self.short_gather_s)  # the rest of a burst joins in
+                # the rest of a burst joins in; and a stock that stays short through a surge
+                # is counted at most every `short_gather_s * 5`, not after every batch
+                spacing = reported_at + self.short_gather_s * 5 - time.monotonic()
+                await asyncio.sleep(max(self.short_gather_s, spacing))
             self._short.clear()
 
     async def _all_stocks(self) -> set[Stock]:

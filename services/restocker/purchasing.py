@@ -204,7 +204,13 @@ class Purchasing:
             try:
                 outcome = None
                 if purchase.sent:
-                    outcome = await supplier.find(stock.sku, purchase.reference)
+                    try:
+                        outcome = await supplier.find(stock.sku, purchase.reference)
+                    except SupplierError as exc:
+                        # an order may exist there: a failed lookup settles nothing, whatever
+                        # the supplier answered (a refused login, a 503)
+                        exc.settled = False
+                        raise
                 if outcome is None and purchase.published_at:
                     # its codes went out already; never order it again on a supplier's word
                     log.error(
@@ -295,10 +301,14 @@ class Purchasing:
         if exc.settled:
             purchase.sent = False
         purchase.failures += 1
-        buyers_wait = self.ledger.get(stock).backordered > 0
+        # buyers wait for these codes: move on at once, if another supplier can take it (with
+        # none left, the same supplier's retry beats blocking for `blocked_retry_s`)
+        hurry = self.ledger.get(stock).backordered > 0 and self._another_sells(
+            stock, supplier, purchase
+        )
         if not purchase.sent and (
             exc.reason in FAIL_OVER_AT_ONCE
-            or buyers_wait
+            or hurry
             or purchase.failures >= self.limits.max_failures
         ):
             if exc.reason in (Reason.UNAVAILABLE, Reason.RATE_LIMITED):
@@ -336,6 +346,12 @@ class Purchasing:
             )
         self._save(stock, purchase)
         return False
+
+    def _another_sells(self, stock: Stock, supplier: Supplier, purchase: Purchase) -> bool:
+        return any(
+            other.sells(stock.sku) and other.name not in (supplier.name, *purchase.tried)
+            for other in self.suppliers.values()
+        )
 
     async def _deliver(
         self, stock: Stock, supplier: Supplier, purchase: Purchase, delivery: Delivery

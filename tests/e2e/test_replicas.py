@@ -59,3 +59,9 @@ async def test_replicas_share_their_stage_s_partitions_and_deliver_each_order_on
                 await handled(session, running.ports[name], topic) for name in (stage, f"{stage}-2")
             ]
             assert all(n > 0 for n in counts), f"{stage}: a replica handled nothing: {counts}"
+        # the follower drops repeated events by id; the buyers' inboxes would show a part
+        # that two notifiers both sent: one message per part sent, and none beyond
+        async with session.get(f"{info['sandbox']}/inbox") as resp:
+            inbox = (await resp.json())["messages"]
+    assert len(inbox) == len(result.latencies_ms)
+    assert {m["to"] for m in inbox} == set(result.customers.values())

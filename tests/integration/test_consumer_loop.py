@@ -176,6 +176,62 @@ async def test_retriable_errors_retry_the_batch_without_losing_it(kafka, produce
     assert handled == [f"{group}-x"] and calls["n"] == 3
 
 
+async def test_stopping_during_an_outage_leaves_the_batch_for_the_next_owner(kafka, producer):
+    """A service stopped while its database is away must not dead-letter the paid orders it
+    was retrying: they stay uncommitted, and the next member of the group gets them."""
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    await producer.send_and_wait(TOPIC, level(f"{group}-x"), key=b"x")
+    tried = asyncio.Event()
+
+    async def database_away(batch):
+        if any(e.sku.startswith(group) for e in batch):
+            tried.set()
+            raise RetriableError("database restarting")
+
+    settings = ServiceSettings(kafka_bootstrap=kafka)
+    loop = ConsumerLoop(
+        service="test",
+        consumer=kafka_clients.group_consumer(settings, TOPIC, group_id=group),
+        handlers={TOPIC: database_away},
+        producer=producer,
+    )
+    running = asyncio.create_task(loop.run())
+    async with asyncio.timeout(20):
+        await tried.wait()
+    loop.stop()
+    async with asyncio.timeout(20):
+        await running  # stops cleanly, without raising
+
+    handled: list[str] = []
+
+    async def database_back(batch):
+        handled.extend(e.sku for e in batch if e.sku.startswith(group))
+
+    again = ConsumerLoop(
+        service="test",
+        consumer=kafka_clients.group_consumer(settings, TOPIC, group_id=group),
+        handlers={TOPIC: database_back},
+        producer=producer,
+    )
+    await run_until(again, lambda: bool(handled))
+    assert handled == [f"{group}-x"]
+    dead = await _dead_letters_with_key(kafka, b"x", group)
+    assert dead == []
+
+
+async def _dead_letters_with_key(kafka: str, key: bytes, group: str) -> list:
+    consumer = kafka_clients.reader(client_settings(kafka), dlq_topic(TOPIC))
+    await consumer.start()
+    found: list = []
+    try:
+        for _ in range(5):
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                found.extend(r for r in records if r.key == key and group.encode() in r.value)
+    finally:
+        await consumer.stop()
+    return found
+
+
 async def test_send_many_splits_batches_and_partitions_like_send(kafka):
     """Thousands of records through whole batches land where `send` would put them, each
     exactly once, in order within a key's partition."""

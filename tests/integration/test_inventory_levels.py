@@ -43,16 +43,19 @@ async def test_a_stock_that_runs_short_is_reported_at_once(database, kafka, ciph
     sku = f"SKU-{uuid.uuid4().hex[:6]}"
     # a long interval: only the short stock's wake-up can report within the test's wait
     reporter = LevelReporter(pool, producer, interval_s=60, refresh_s=3600)
+    tps = [TopicPartition(InventoryLevel.topic, p) for p in range(2)]
+    reader.assign(tps)
+    await reader.seek_to_end(*tps)
+    for tp in tps:
+        await reader.position(tp)
+    await import_codes(pool, cipher, sku, ["ONE-CODE"])
     running = asyncio.create_task(reporter.run())
     try:
-        tps = [TopicPartition(InventoryLevel.topic, p) for p in range(2)]
-        reader.assign(tps)
-        await reader.seek_to_end(*tps)
-        for tp in tps:
-            await reader.position(tp)
-        await asyncio.sleep(0.2)  # the reporter's first round (every stock) is behind it
+        # the reporter's first round reports every stock; after it, only the interval or a
+        # short stock makes it report again
+        [first] = await _levels_of(reader, sku, 20.0)
+        assert first.available == 1
 
-        await import_codes(pool, cipher, sku, ["ONE-CODE"])
         async with pool.acquire() as conn, conn.transaction():
             served = await handlers.allocate([paid("o-1", (sku, 1))], conn)
         reporter.record(served.touched, served.sold, served.short)

@@ -34,9 +34,17 @@ def test_the_local_stack_gives_the_url_and_the_token_of_the_role_needed(home):
     assert api.target("allocator", "operate", None, None, home).token == "local-operate"
 
 
+def test_a_stack_file_naming_another_machine_gets_no_token(home):
+    stack = home / "stack.json"
+    stack.write_text(stack.read_text().replace("127.0.0.1", "attacker.example"))
+    with pytest.raises(api.Failed, match="not this machine"):
+        api.target("allocator", "read", None, None, home)
+
+
 def test_flags_then_environment_then_the_stack(home, monkeypatch):
     monkeypatch.setenv("TASLEEM_ALLOCATOR_ADMIN_TOKEN", "from-env")
-    assert api.target("allocator", "read", None, None, home).token == "from-env"
+    # the environment's token goes only where the environment points, never to the stack
+    assert api.target("allocator", "read", None, None, home).token == "local-read"
     assert api.target("allocator", "read", None, "from-flag", home).token == "from-flag"
     monkeypatch.setenv("TASLEEM_ALLOCATOR_URL", "https://allocator.example")
     chosen = api.target("allocator", "operate", None, None, home)

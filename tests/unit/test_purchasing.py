@@ -217,6 +217,49 @@ async def test_buyers_waiting_fail_over_at_the_first_outage_and_the_down_supplie
     await purchasing.close()
 
 
+async def test_a_failed_lookup_of_an_order_that_may_exist_never_moves_it_elsewhere(shop):
+    """Buyers wait, and the supplier that may hold the order answers its lookup with a 503:
+    that says nothing about the order, so it is never bought from the next supplier."""
+    purchasing = shop.purchasing()
+    shop.want("SKU-A", 2)
+    state = shop.ledger.get("SKU-A")
+    state.backordered = 2
+    assert state.purchase is not None
+    state.purchase.supplier, state.purchase.sent = "reloadly", True  # ordered, then a crash
+    shop.ledger.put("SKU-A", state)
+    await shop.fault("reloadly", down=True)
+    purchasing.kick(S("SKU-A"))
+    await until(purchasing, lambda: shop.ledger.get("SKU-A").purchase.failures >= 2)
+    purchase = shop.ledger.get("SKU-A").purchase
+    assert purchase.supplier == "reloadly" and purchase.sent and purchase.tried == []
+    assert shop.published == [] and await shop.orders("bamboo") == []
+    await purchasing.close()
+
+
+async def test_buyers_waiting_on_the_only_supplier_retry_it_rather_than_block(shop):
+    def only_reloadly(settings: list[SupplierSettings]) -> None:
+        settings[1].products = {}  # bamboo sells nothing here
+        settings[2].products = {}  # nor does like4card
+
+    purchasing = shop.purchasing(tweak=only_reloadly)
+    blocked = {"sku": "SKU-A", "reason": "no_supplier"}
+    blocked_before = REGISTRY.get_sample_value("tasleem_restocker_restock_blocked_total", blocked)
+    await shop.fault("reloadly", error_rate=1.0)
+    shop.want("SKU-A", 2)
+    waiting = shop.ledger.get("SKU-A")
+    waiting.backordered = 2
+    shop.ledger.put("SKU-A", waiting)
+    purchasing.kick(S("SKU-A"))
+    await until(purchasing, lambda: shop.ledger.get("SKU-A").purchase.failures >= 1)
+    await shop.fault("reloadly", error_rate=0.0)
+    await until(purchasing, lambda: published(shop, "SKU-A"))
+    # a brief outage of the only supplier: retried, never blocked nor alerted as stock.low
+    blocked_after = REGISTRY.get_sample_value("tasleem_restocker_restock_blocked_total", blocked)
+    assert (blocked_after or 0) == (blocked_before or 0)
+    assert [supplier for _, supplier, _, _ in shop.published] == ["reloadly"]
+    await purchasing.close()
+
+
 async def test_a_pending_order_does_not_hold_up_other_skus(shop):
     def split(settings: list[SupplierSettings]) -> None:
         settings[0].products = {"SKU-B": "102"}  # reloadly sells only SKU-B here

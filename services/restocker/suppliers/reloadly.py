@@ -53,7 +53,9 @@ class ReloadlyLike(Supplier):
         return {str(p["productId"]): Decimal(str(p["unitPrice"])) for p in body}
 
     async def find(self, sku: str, reference: str) -> Outcome | None:
-        status, body = await self._call("GET", "/orders", params={"customIdentifier": reference})
+        status, body = await self._call(
+            "GET", "/orders", settled=False, params={"customIdentifier": reference}
+        )
         if status == 404:
             return None
         if status != 200 or not isinstance(body, dict):
@@ -90,7 +92,8 @@ class ReloadlyLike(Supplier):
         if transaction.get("status", "SUCCESSFUL") != "SUCCESSFUL":
             return PENDING
         path = f"/orders/transactions/{transaction['transactionId']}/cards"
-        status, cards = await self._call("GET", path)
+        # the order exists (this is its transaction): no answer here settles it
+        status, cards = await self._call("GET", path, settled=False)
         if status != 200 or not isinstance(cards, list):
             raise SupplierError(
                 f"{self.name}: cards not available ({status})", Reason.UNKNOWN_OUTCOME, False
@@ -102,14 +105,18 @@ class ReloadlyLike(Supplier):
             Decimal(str(price)) if price is not None else None,
         )
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async def _call(
+        self, method: str, path: str, *, settled: bool = True, **kwargs: Any
+    ) -> tuple[int, Any]:
+        """`settled`: whether refused credentials prove no order exists (True for the order
+        POST and reads before it; False once an order may exist)."""
         for _ in range(2):  # once more with a fresh token if it expired
             headers = {"Authorization": f"Bearer {await self._access_token()}"}
             status, body = await self._json(method, path, headers=headers, **kwargs)
             if status != 401:
                 return status, body
             self._token = None
-        raise SupplierError(f"{self.name}: credentials rejected", Reason.UNAVAILABLE, True)
+        raise SupplierError(f"{self.name}: credentials rejected", Reason.UNAVAILABLE, settled)
 
     async def _access_token(self) -> str:
         async with self._signing_in:  # one token for all purchases running at once
