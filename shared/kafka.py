@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,10 +188,25 @@ class ConsumerLoop:
         producer: AIOKafkaProducer,
         retriable: tuple[type[BaseException], ...] = (),
         max_backoff_s: float = 5.0,
+        overlap: int = 1,
+        barriers: Iterable[str] = (),
     ):
         """`consumer` is a group consumer from `kafka_clients.group_consumer`, subscribed to
         exactly the handlers' topics (the service's wiring builds it, so that every client a
-        service makes is built in one place)."""
+        service makes is built in one place).
+
+        `overlap`: how many batches are handled at once. With 1 a batch is fetched only once
+        the one before it was handled. More lets a service whose handlers wait long on each
+        batch (the notifier holds one while its messages go out) take the next batch
+        meanwhile, instead of leaving it queued behind the wait; only for handlers that are
+        idempotent and need no order across batches. Offsets are committed in batch order
+        either way: a batch's only once it and every batch before it were handled.
+
+        `barriers`: topics whose events must take effect before any later batch starts (the
+        notifier's `code.revoked`: a revocation is heard before the allocations after it). A
+        batch holding one is handled before the next batch is taken."""
+        if overlap < 1:
+            raise ValueError(f"overlap must be at least 1, not {overlap}")
         subscribed = consumer.subscription()
         if subscribed != set(handlers):
             raise ValueError(
@@ -203,6 +218,8 @@ class ConsumerLoop:
         self.producer = producer
         self.retriable = (RetriableError, KafkaError, OSError, *retriable)
         self.max_backoff_s = max_backoff_s
+        self.overlap = overlap
+        self.barriers = frozenset(barriers)
         self.max_batch: int = consumer._max_poll_records
         self._stopping = asyncio.Event()
         self.consumer = consumer
@@ -211,37 +228,61 @@ class ConsumerLoop:
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, not yet committed
 
     def stop(self) -> None:
-        """Stop intake; the batch in hand is finished and committed."""
+        """Stop intake; the batches in hand are finished and committed."""
         self._stopping.set()
 
     async def run(self) -> None:
         """Handle batches while the next one is fetched and parsed: a reader task stays one
-        batch ahead, so parsing overlaps the handler's waits on the database and broker."""
+        batch ahead, so parsing overlaps the handler's waits on the database and broker; and
+        up to `overlap` batches are handled at once, committed in order as they finish."""
         await self.consumer.start()
         ahead: asyncio.Queue[_Parsed] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read(ahead), name=f"{self.service}-reader")
         stopped = asyncio.create_task(self._stopping.wait())
+        in_hand: deque[tuple[asyncio.Task[None], _Parsed]] = deque()  # oldest first
+        next_batch: asyncio.Task[_Parsed] | None = None
+        stopped_cleanly = False
         try:
             self.ready = True
-            while True:
-                next_batch = asyncio.create_task(ahead.get())
-                done, _ = await asyncio.wait(
-                    [next_batch, reader, stopped], return_when=asyncio.FIRST_COMPLETED
-                )
-                if next_batch not in done:
-                    next_batch.cancel()
-                    if reader in done:
+            try:
+                while True:
+                    if next_batch is None and self._room(in_hand):
+                        next_batch = asyncio.create_task(ahead.get())
+                    waits: set[asyncio.Future[Any]] = {reader, stopped}
+                    if next_batch is not None:
+                        waits.add(next_batch)
+                    waits.update(task for task, _ in in_hand)
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    self._commit_finished(in_hand)
+                    if next_batch is not None and next_batch.done():
+                        batch = next_batch.result()
+                        next_batch = None
+                        in_hand.append((asyncio.create_task(self._handle(batch)), batch))
+                        continue
+                    if reader.done():
                         reader.result()  # raises what killed the reader
-                    break
-                try:
-                    await self._handle(next_batch.result())
-                except _Interrupted:
-                    log.info("stopped while a batch was retrying: it stays uncommitted")
-                    break
+                    if stopped.done():
+                        break
+                # stopping: the batches in hand are finished and committed
+                while in_hand:
+                    await asyncio.wait([in_hand[0][0]])
+                    self._commit_finished(in_hand)
+                stopped_cleanly = True
+            except _Interrupted:
+                # a batch was waiting out an outage: it and any batch after it stay
+                # uncommitted, for this group's next owner of their partitions
+                log.info("stopped while a batch was retrying: it stays uncommitted")
         finally:
             self.ready = False
             stopped.cancel()
             reader.cancel()
+            if next_batch is not None:
+                next_batch.cancel()
+            if not stopped_cleanly:
+                # a failure or a cancel: what was not handled is not committed (it comes again)
+                for task, _ in in_hand:
+                    task.cancel()
+                await asyncio.gather(*(task for task, _ in in_hand), return_exceptions=True)
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             try:
@@ -249,6 +290,21 @@ class ConsumerLoop:
                     await self._committing  # the last batch handled is committed before leaving
             finally:
                 await self.consumer.stop()
+
+    def _room(self, in_hand: deque[tuple[asyncio.Task[None], _Parsed]]) -> bool:
+        """Whether another batch may be taken now."""
+        if len(in_hand) >= self.overlap:
+            return False
+        return not any(
+            self.barriers & batch.events.keys() for task, batch in in_hand if not task.done()
+        )
+
+    def _commit_finished(self, in_hand: deque[tuple[asyncio.Task[None], _Parsed]]) -> None:
+        """Commit the oldest batches that were handled, up to the first one still going."""
+        while in_hand and in_hand[0][0].done():
+            task, batch = in_hand.popleft()
+            task.result()  # raises what handling it raised, as before
+            self._handled(batch)
 
     async def _read(self, ahead: asyncio.Queue[_Parsed]) -> None:
         while not self._stopping.is_set():
@@ -280,6 +336,8 @@ class ConsumerLoop:
         for topic, parsed in batch.events.items():
             if parsed:
                 await self._handle_topic(topic, parsed)
+
+    def _handled(self, batch: _Parsed) -> None:
         # The commit is a broker round trip (~13 ms on the embedded broker): the next batches
         # are handled while it is under way, and what they handled meanwhile is committed
         # together by the next commit (one per round trip, not one per small batch). Commits

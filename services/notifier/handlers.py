@@ -7,7 +7,9 @@ operator's resend shares (routing.py).
 
 The consumer loop commits offsets per batch. A batch waits for its messages at most `hold_s`;
 a message still retrying after that goes on by itself (it is durable in `deliveries`) and its
-report is published when it finishes, so one slow buyer never holds a whole batch.
+report is published when it finishes, so one slow buyer never holds a whole batch. Several
+batches are handled at once (`batches_in_flight`), so the next batch's messages go out while
+one waits; offsets are still committed in batch order.
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ async def deliver(
         if event.event_id in claimed:
             tasks.append(inflight.start(send_part(event, pool, delivery), event.event_id))
             continue
-        row = existing[event.event_id]
+        row = existing.get(event.event_id)
+        if row is None:
+            continue  # inserted by another replica at this very moment: it sends it
         if row["status"] in FINISHED:
             if (report := report_row(row)) is not None:
                 events.append(report)  # a redelivery: the stored report, not a second message
@@ -104,10 +108,17 @@ def _stale(row: asyncpg.Record, after_s: float) -> bool:
 async def _claim(
     pool: asyncpg.Pool, batch: Sequence[CodeAllocated]
 ) -> tuple[set[str], dict[str, asyncpg.Record]]:
-    """Insert new parts 'pending' (or 'revoked' when a revocation came first)."""
-    async with pool.acquire() as conn, conn.transaction():
-        claimed = await conn.fetch(
-            """
+    """Insert new parts 'pending' (or 'revoked' when a revocation came first); returns the
+    parts claimed 'pending' now and the rows of the others.
+
+    One statement, so one round trip per batch before the first send (a transaction around an
+    insert and a select took four: BEGIN, INSERT, SELECT, COMMIT). The select reads the
+    statement's snapshot, which holds the rows that were there before and not those inserted
+    here: those come back from RETURNING instead. A part a second replica inserted meanwhile
+    is in neither (it is that replica's to send; the resume sweep covers it)."""
+    rows = await pool.fetch(
+        """
+        WITH claimed AS (
             INSERT INTO deliveries
                 (allocation_event_id, order_key, part, status, code_count, paid_at, event)
             SELECT t.id, t.order_key, t.part,
@@ -117,21 +128,25 @@ async def _claim(
             FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::timestamptz[],
                         $6::jsonb[]) AS t(id, order_key, part, code_count, paid_at, event)
             ON CONFLICT DO NOTHING
-            RETURNING allocation_event_id, status
-            """,
-            [e.event_id for e in batch],
-            [e.order_key for e in batch],
-            [e.part for e in batch],
-            [len(e.codes) for e in batch],
-            [e.paid_at for e in batch],
-            [e.model_dump_json() for e in batch],
+            RETURNING *
         )
-        fresh = {r["allocation_event_id"] for r in claimed if r["status"] == PartStatus.PENDING}
-        rows = await conn.fetch(
-            "SELECT * FROM deliveries WHERE allocation_event_id = ANY($1::text[])",
-            [e.event_id for e in batch if e.event_id not in fresh],
-        )
-    return fresh, {r["allocation_event_id"]: r for r in rows}
+        SELECT true AS claimed, * FROM claimed
+        UNION ALL
+        SELECT false, * FROM deliveries WHERE allocation_event_id = ANY($1::text[])
+        """,
+        [e.event_id for e in batch],
+        [e.order_key for e in batch],
+        [e.part for e in batch],
+        [len(e.codes) for e in batch],
+        [e.paid_at for e in batch],
+        [e.model_dump_json() for e in batch],
+    )
+    fresh = {
+        r["allocation_event_id"] for r in rows if r["claimed"] and r["status"] == PartStatus.PENDING
+    }
+    return fresh, {
+        r["allocation_event_id"]: r for r in rows if r["allocation_event_id"] not in fresh
+    }
 
 
 async def resume(event: CodeAllocated, pool: asyncpg.Pool, delivery: Delivery) -> Event | None:

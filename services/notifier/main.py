@@ -285,6 +285,10 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
             consumer=clients.consumer,
             producer=producer,
             retriable=RETRIABLE_DB_ERRORS,
+            # deliveries are idempotent (claimed by event id), so batches may overlap (see the
+            # setting); a revocation still takes effect before any later allocation is sent
+            overlap=settings.batches_in_flight,
+            barriers=[CodeRevoked.topic],
             handlers={
                 CodeAllocated.topic: on_allocated,
                 CodeRevoked.topic: on_revoked,

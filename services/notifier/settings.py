@@ -54,6 +54,10 @@ class NotifierSettings(ServiceSettings, VaultKeySettings):
     # how long a consumed batch waits for its messages before committing; slower ones finish
     # on their own (they are durable in the deliveries table) and report when done
     batch_hold_s: float = 0.2
+    # consumed batches handled at once: the next batch's messages go out while the one before
+    # waits for its sends and reports (up to `batch_hold_s`), instead of queueing behind it;
+    # offsets are still committed in batch order (shared.kafka.ConsumerLoop)
+    batches_in_flight: int = 4
     # a part unfinished and untouched this long is resumed (after a crash, or by another
     # replica): longer than one attempt can take (provider timeout plus the longest backoff)
     resume_after_s: float = 20.0

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from aiokafka import TopicPartition
 
 from deploy.embedded.broker import client_settings
 from services.restocker.suppliers.base import Reason, SupplierError
@@ -259,3 +260,84 @@ async def test_send_many_splits_batches_and_partitions_like_send(kafka):
     for key in set(keys):
         sent = [v for k, v in zip(keys, values, strict=True) if k == key]
         assert [r.value for r in many if r.key == key] == sent
+
+
+def one_per_batch(kafka: str, group: str):
+    """A group consumer that takes one record per batch, so each record is its own batch."""
+    return kafka_clients.group_consumer(
+        ServiceSettings(kafka_bootstrap=kafka), TOPIC, group_id=group, max_poll_records=1
+    )
+
+
+async def test_overlapping_batches_commit_only_past_what_every_earlier_batch_handled(
+    kafka, producer
+):
+    """With overlap, a later batch is handled while an earlier one still waits, but the
+    partition's offset never moves past the waiting one until it finishes: at-least-once."""
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    slow, fast = f"{group}-slow", f"{group}-fast"
+    # one key: one partition, the slow record first
+    first = await producer.send_and_wait(TOPIC, level(slow), key=group.encode())
+    second = await producer.send_and_wait(TOPIC, level(fast), key=group.encode())
+    tp = TopicPartition(TOPIC, first.partition)
+    release, handled = asyncio.Event(), []
+
+    async def handler(batch):
+        mine = [e.sku for e in batch if e.sku.startswith(group)]
+        if slow in mine:
+            await release.wait()
+        handled.extend(mine)
+
+    loop = ConsumerLoop(
+        service="test",
+        consumer=one_per_batch(kafka, group),
+        handlers={TOPIC: handler},
+        producer=producer,
+        overlap=2,
+    )
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(20):
+            while fast not in handled:
+                await asyncio.sleep(0.05)
+            # the later batch went through while the earlier one waits: nothing past it is
+            # committed (a crash now gets the slow record again)
+            await asyncio.sleep(0.5)  # time for a wrong commit to land, were one made
+            committed = await loop.consumer.committed(tp)
+            assert committed is None or committed <= first.offset
+            release.set()
+            while await loop.consumer.committed(tp) != second.offset + 1:
+                await asyncio.sleep(0.05)
+    finally:
+        release.set()
+        loop.stop()
+        await task
+    assert handled == [fast, slow]
+
+
+async def test_a_barrier_batch_is_handled_before_any_later_batch_starts(kafka, producer):
+    """The notifier's revocations: a batch of a barrier topic takes effect before the next
+    batch is taken, however many batches may overlap."""
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    first, later = f"{group}-revocation", f"{group}-allocation"
+    await producer.send_and_wait(TOPIC, level(first), key=group.encode())
+    await producer.send_and_wait(TOPIC, level(later), key=group.encode())
+    steps: list[str] = []
+
+    async def handler(batch):
+        for sku in (e.sku for e in batch if e.sku.startswith(group)):
+            steps.append(f"start {sku}")
+            if sku == first:
+                await asyncio.sleep(0.5)  # the later batch's chance to jump ahead, were it let
+            steps.append(f"end {sku}")
+
+    loop = ConsumerLoop(
+        service="test",
+        consumer=one_per_batch(kafka, group),
+        handlers={TOPIC: handler},
+        producer=producer,
+        overlap=4,
+        barriers=[TOPIC],
+    )
+    await run_until(loop, lambda: f"end {later}" in steps)
+    assert steps == [f"start {first}", f"end {first}", f"start {later}", f"end {later}"]
