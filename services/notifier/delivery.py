@@ -140,6 +140,10 @@ class InFlight:
         task.add_done_callback(lambda _: self.tasks.pop(allocation_event_id, None))
         return task
 
+    def late_reports(self) -> list[asyncio.Task[None]]:
+        """The late reports being published now (drained before the producer closes)."""
+        return list(self._background)
+
     def publish_later(self, task: asyncio.Task[Event | None]) -> None:
         """Publish a message's report when it finishes, after its batch was committed."""
 

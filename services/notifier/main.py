@@ -331,14 +331,19 @@ async def lifespan(rt: runtime.Runtime) -> AsyncIterator[None]:
 
 
 async def drain(delivery: Delivery, grace_s: float) -> None:
-    """Let messages in flight finish; what is cut off stays 'sending' and is resumed later."""
+    """Let messages in flight finish; what is cut off stays 'sending' and is resumed later.
+    Then their late reports are published before the producer closes: a part already
+    'accepted' is never swept again, so a lost report would leave its order undelivered."""
     pending = list(delivery.inflight.tasks.values())
-    if not pending:
-        return
-    _, late = await asyncio.wait(pending, timeout=grace_s)
-    for task in late:
-        task.cancel()
-    await asyncio.gather(*late, return_exceptions=True)
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=grace_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+    await asyncio.sleep(0)  # the finished messages' callbacks start their reports
+    reports = delivery.inflight.late_reports()
+    if reports:
+        await asyncio.wait(reports, timeout=grace_s)
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from services.notifier.breaker import CircuitBreaker, State
 from services.notifier.delivery import Channels, Delivery, DeliveryPolicy, InFlight
 from services.notifier.email import SesEmail
 from services.notifier.handlers import deliver, revoke
-from services.notifier.main import SQL, rate_limiter, sweep
+from services.notifier.main import SQL, drain, rate_limiter, sweep
 from services.notifier.policy import StoreDirectory
 from services.notifier.providers import Outbound, Provider
 from services.notifier.resend import DEFAULT_LIMITS, resend
@@ -616,6 +616,28 @@ async def test_one_slow_message_does_not_hold_its_batch(world, cipher, kafka):
         await running
         await sent_reader.stop()
         await producer.stop()
+
+
+async def test_stopping_publishes_the_reports_of_messages_that_outlived_their_batch(world, cipher):
+    """A part sent after its batch was committed is 'accepted' in the journal, so no sweep
+    sends it again: if its late report died with the producer, its order would never be
+    marked delivered. Draining waits for those reports too."""
+    slow_phone = "+966551239999"
+    world.delivery.channels.providers = {
+        "whatsapp": [SlowFor(world.all_providers["whatsapp"], slow_phone, 0.5)]
+    }
+    world.delivery.policy = replace(world.delivery.policy, hold_s=0.05)
+    published: list[Event] = []
+
+    async def report(events: list[Event]) -> None:
+        await asyncio.sleep(0.3)  # the broker takes its time to acknowledge
+        published.extend(events)
+
+    world.delivery.inflight = InFlight(world.delivery.inflight.journal, on_late=report)
+    event = allocation(cipher, "late-1", "LATE-1", phone=slow_phone)
+    assert await deliver([event], world.pool, world.delivery) == []  # outlived the hold
+    await drain(world.delivery, grace_s=5)
+    assert [sent.to for sent in published] == [slow_phone]
 
 
 async def test_two_replicas_sweeping_at_once_resume_a_part_once(world, cipher):
