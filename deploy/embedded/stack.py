@@ -146,18 +146,7 @@ class Stack:
         env = self.service_env(sandbox_url)
         self._start_sandbox(stores)
         for name in SERVICES:
-            self.processes[name] = ManagedProcess(
-                name,
-                [sys.executable, "-m", f"services.{name}.main"],
-                log_path=self.logs / f"{name}.log",
-                env={
-                    **common,
-                    **self._database_env(name),
-                    **env[name],
-                    "TASLEEM_ADMIN_PORT": str(self.ports[name]),
-                },
-            )
-            self.processes[name].start()
+            self._start_service(name, name, common, env[name])
         replicas = self._start_replicas(common, env)
         await self._wait_ready(["sandbox", *SERVICES, *replicas])
         await self._seed(stores)
@@ -190,20 +179,26 @@ class Stack:
             for n in range(2, min(count, self.options.partitions) + 1):
                 replica = f"{name}-{n}"
                 self.ports[replica] = free_port()
-                self.processes[replica] = ManagedProcess(
-                    replica,
-                    [sys.executable, "-m", f"services.{name}.main"],
-                    log_path=self.logs / f"{replica}.log",
-                    env={
-                        **common,
-                        **self._database_env(name),
-                        **env[name],
-                        "TASLEEM_ADMIN_PORT": str(self.ports[replica]),
-                    },
-                )
-                self.processes[replica].start()
+                self._start_service(replica, name, common, env[name])
                 started.append(replica)
         return started
+
+    def _start_service(
+        self, process: str, service: str, common: dict[str, str], own: dict[str, str]
+    ) -> None:
+        """One process of `service` (a replica has its own name, log and admin port)."""
+        self.processes[process] = ManagedProcess(
+            process,
+            [sys.executable, "-m", f"services.{service}.main"],
+            log_path=self.logs / f"{process}.log",
+            env={
+                **common,
+                **self._database_env(service),
+                **own,
+                "TASLEEM_ADMIN_PORT": str(self.ports[process]),
+            },
+        )
+        self.processes[process].start()
 
     def all_processes(self) -> dict[str, ManagedProcess]:
         found = dict(self.processes)

@@ -190,16 +190,5 @@ async def reapply(pool: asyncpg.Pool, delivery: Delivery) -> int:
         ORDER BY received_at LIMIT 1000
         """
     )
-    kept = [
-        DeliveryReceipt(
-            event_id=row["event_id"],
-            provider=row["provider"],
-            provider_message_id=row["provider_message_id"],
-            status=row["status"],
-            error=row["error"],
-            attempt_key=row["attempt_key"],
-            received_at=row["received_at"],
-        )
-        for row in rows
-    ]
+    kept = [DeliveryReceipt.model_validate(dict(row)) for row in rows]  # the row is the event
     return len(await apply(kept, pool, delivery, fresh=False)) if kept else 0
